@@ -1,0 +1,37 @@
+"""blockskip: DiT-BlockSkip for the LoRA trainers you already use.
+
+Skip the leading and trailing transformer blocks of a diffusion transformer during LoRA
+fine-tuning, replace them with residuals, and train only the middle.
+
+Example:
+    >>> from blockskip import BlockSkipPlan, apply_block_skip, remove_block_skip
+    >>> plan = BlockSkipPlan.from_dict({"skip": {"ratio": 0.3}})
+"""
+
+from .layouts import BlockIO, UnknownLayoutError, get_layout, register_block_io, register_model_layout
+from .lora import lora_target_modules, save_lora
+from .memory import MemoryUsage, measure_peak_memory
+from .plan import BlockSkipPlan, BlockSkipPlanError
+from .skip import BlockSkipError, BlockSkipHandle, SkippedBlock, apply_block_skip, get_block_skip, remove_block_skip
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BlockIO",
+    "BlockSkipError",
+    "BlockSkipHandle",
+    "BlockSkipPlan",
+    "BlockSkipPlanError",
+    "MemoryUsage",
+    "SkippedBlock",
+    "UnknownLayoutError",
+    "apply_block_skip",
+    "get_block_skip",
+    "get_layout",
+    "lora_target_modules",
+    "measure_peak_memory",
+    "register_block_io",
+    "register_model_layout",
+    "remove_block_skip",
+    "save_lora",
+]

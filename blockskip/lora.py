@@ -1,0 +1,62 @@
+"""LoRA on a skipped model: which modules to target, and saving the adapter with its plan.
+
+PEFT's `add_adapter` already puts LoRA only into kept blocks, because stand-ins hold no Linear
+layers. Trainers that pass explicit module lists get them from `lora_target_modules`.
+
+Example:
+    >>> from diffusers import FluxTransformer2DModel
+    >>> from blockskip import apply_block_skip
+    >>> model = FluxTransformer2DModel(num_layers=2, num_single_layers=4, attention_head_dim=8,
+    ...     num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=8, in_channels=8,
+    ...     axes_dims_rope=(2, 2, 4))
+    >>> handle = apply_block_skip(model, {"skip": {"leading": 3, "trailing": 1}})
+    >>> lora_target_modules(model, ["to_q"])
+    ['single_transformer_blocks.1.attn.to_q', 'single_transformer_blocks.2.attn.to_q']
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from torch import nn
+
+from .skip import BlockSkipError, get_block_skip
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+
+
+def lora_target_modules(model: nn.Module, suffixes: Iterable[str] | None = None) -> list[str]:
+    """Qualified names of the Linear layers in kept blocks, optionally only those ending in a suffix.
+
+    Suffixes match whole name components (`"to_q"` matches `attn.to_q`, not `attn.add_to_q`).
+    Layers outside the block lists (embedders, output head) are never returned.
+    """
+    handle = get_block_skip(model)
+    if handle is None:
+        raise BlockSkipError("lora_target_modules needs a model with apply_block_skip applied")
+    suffixes = list(suffixes) if suffixes is not None else None
+    names = []
+    for block_name in handle.kept_block_names():
+        block = model.get_submodule(block_name)
+        for module_name, module in block.named_modules():
+            if not isinstance(module, nn.Linear) or not module_name:
+                continue
+            if suffixes is None or any(module_name == s or module_name.endswith("." + s) for s in suffixes):
+                names.append(f"{block_name}.{module_name}")
+    return names
+
+
+def save_lora(model: nn.Module, directory: str | Path, adapter_name: str = "default") -> Path:
+    """Save the model's LoRA with diffusers' own `save_lora_adapter`, and the plan beside it.
+
+    The weights keep the full model's key names, so `load_lora_adapter` on the unskipped model, or
+    a pipeline's `load_lora_weights`, loads them with no conversion.
+    """
+    handle = get_block_skip(model)
+    if handle is None:
+        raise BlockSkipError("save_lora needs a model with apply_block_skip applied; use save_lora_adapter otherwise")
+    directory = Path(directory)
+    model.save_lora_adapter(directory, adapter_name=adapter_name, weight_name=LORA_WEIGHT_NAME)
+    handle.save_plan(directory)
+    return directory

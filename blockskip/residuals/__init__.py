@@ -1,0 +1,1 @@
+"""Where the residuals of skipped spans come from."""
