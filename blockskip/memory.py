@@ -74,7 +74,7 @@ class _StorageCounter(TorchDispatchMode):
         self.live_bytes = 0
         self.peak_bytes = 0
         self._storage_refs: dict[int, list[int]] = {}  # key -> [tensor count, nbytes]
-        self._seen: weakref.WeakSet = weakref.WeakSet()
+        self._tracked_tensors: set[int] = set()  # ids of live tensors already counted
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         result = func(*args, **(kwargs or {}))
@@ -84,18 +84,19 @@ class _StorageCounter(TorchDispatchMode):
 
     def _track(self, tensor) -> None:
         key = _storage_key(tensor)
-        if key is None or key in self.preexisting or tensor in self._seen:
+        if key is None or key in self.preexisting or id(tensor) in self._tracked_tensors:
             return
-        self._seen.add(tensor)
+        self._tracked_tensors.add(id(tensor))
         entry = self._storage_refs.get(key)
         if entry is None:
             entry = self._storage_refs[key] = [0, tensor.untyped_storage().nbytes()]
             self.live_bytes += entry[1]
             self.peak_bytes = max(self.peak_bytes, self.live_bytes)
         entry[0] += 1
-        weakref.finalize(tensor, self._release, key)
+        weakref.finalize(tensor, self._release, key, id(tensor))
 
-    def _release(self, key: int) -> None:
+    def _release(self, key: int, tensor_id: int) -> None:
+        self._tracked_tensors.discard(tensor_id)
         entry = self._storage_refs.get(key)
         if entry is None:
             return
