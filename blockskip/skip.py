@@ -187,10 +187,10 @@ def _spans(layout: ModelLayout, split: SkipSplit) -> list[SkipSpan]:
 
 
 def _reject_lora(block: nn.Module, name: str) -> None:
-    for module_name, module in block.named_modules():
-        if any("lora" in key.lower() for key, _ in module.named_parameters(recurse=False)):
+    for parameter_name, _ in block.named_parameters():
+        if "lora_" in parameter_name:
             raise BlockSkipError(
-                f"{name}.{module_name} already holds LoRA weights; call apply_block_skip before add_adapter, "
+                f"{name}.{parameter_name} is a LoRA weight; call apply_block_skip before add_adapter, "
                 "so that LoRA lands only in the kept blocks"
             )
 
