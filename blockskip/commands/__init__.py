@@ -1,0 +1,1 @@
+"""Subcommands of the `blockskip` command: each module has `register(subparsers)`."""
