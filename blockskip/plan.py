@@ -195,6 +195,15 @@ class BlockSkipPlan:
         )
 
     @classmethod
+    def coerce(cls, plan: "BlockSkipPlan | dict | str | os.PathLike") -> "BlockSkipPlan":
+        """A plan from a `BlockSkipPlan`, its dict, or the path of a plan file."""
+        if isinstance(plan, cls):
+            return plan
+        if isinstance(plan, dict):
+            return cls.from_dict(plan)
+        return cls.load(plan)
+
+    @classmethod
     def load(cls, path: str | os.PathLike) -> "BlockSkipPlan":
         """Read a plan from a JSON file; a LoRA folder holding `blockskip_plan.json` works too."""
         path = Path(path)

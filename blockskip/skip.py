@@ -31,17 +31,23 @@ from __future__ import annotations
 
 import inspect
 import json
+import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from .layouts import BlockIO, ModelLayout, block_io_for, get_layout
 from .plan import BlockSkipPlan
+from .residuals.bank import BankError, BankReader
+from .residuals.cached import CachedResiduals
+from .residuals.fingerprint import model_fingerprint
 from .residuals.streaming import BlockStreamer, pin_block
 from .skip_table import SkipSplit
+from .spans import SkipSpan, bank_spans, skip_spans
 
 HANDLE_ATTRIBUTE = "_blockskip_handle"
 
@@ -50,31 +56,19 @@ class BlockSkipError(RuntimeError):
     """apply/remove was used on a model in the wrong state."""
 
 
-@dataclass(frozen=True)
-class SkipSpan:
-    """Consecutive skipped blocks inside one block list: `list_name[start:stop]`."""
-
-    list_name: str
-    start: int
-    stop: int
-    position: str  # "leading" or "trailing"
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    @property
-    def block_names(self) -> list[str]:
-        return [f"{self.list_name}.{index}" for index in range(self.start, self.stop)]
-
-
 @dataclass(eq=False)
 class _Slot:
     """What a stand-in needs at run time. A plain object, so `nn.Module` never registers it."""
 
-    original: nn.Module
+    original: nn.Module | None  # None once dropped (cached residuals with offload "drop")
     mode: str
     streamer: BlockStreamer
     next_original: nn.Module | None = None
+    span_index: int = 0
+    position: str = "leading"
+    first_in_span: bool = True
+    last_in_span: bool = True
+    cache: CachedResiduals | None = None
 
 
 class SkippedBlock(nn.Module):
@@ -100,6 +94,8 @@ class SkippedBlock(nn.Module):
         streams = {role: arguments.get(self.io.argument_for(role)) for role in self.io.returns}
         if self.slot.mode == "online":
             streams = self._online(args, kwargs, streams)
+        elif self.slot.mode == "cached":
+            streams = self._cached(args, kwargs, streams)
         values = tuple(streams[role] for role in self.io.returns)
         return values if self.io.returns_tuple else values[0]
 
@@ -124,6 +120,22 @@ class SkippedBlock(nn.Module):
             outputs[role] = streams[role] + delta
         return outputs
 
+    def _cached(self, args: tuple, kwargs: dict, streams: dict[str, torch.Tensor | None]) -> dict:
+        slot, cache = self.slot, self.slot.cache
+        if cache.recorded is not None and slot.position == "leading":  # handle.verify(): recompute online
+            outputs = self._online(args, kwargs, streams)
+            if slot.last_in_span:
+                cache.recorded[slot.span_index] = outputs
+            return outputs
+        if not slot.first_in_span:
+            return streams
+        span = cache.spans[slot.span_index]
+        outputs = dict(streams)
+        for role in span["roles"]:
+            stored = cache.residual(slot.span_index, role, like=streams[role])
+            outputs[role] = stored if span["stores"] == "output" else streams[role] + stored
+        return outputs
+
 
 @dataclass(eq=False)
 class BlockSkipHandle:
@@ -136,6 +148,49 @@ class BlockSkipHandle:
     originals: dict[str, nn.Module] = field(repr=False)
     model_device: torch.device = field(repr=False, default=torch.device("cpu"))
     model_dtype: torch.dtype = field(repr=False, default=torch.float32)
+    cache: CachedResiduals | None = field(repr=False, default=None)
+    _model: Any = field(repr=False, default=None)
+
+    @contextmanager
+    def step(self, keys: Sequence[str], next_keys: Sequence[str] | None = None) -> Iterator[None]:
+        """Cached residuals: use the bank entries `keys` (batch order) for the forward passes inside.
+
+        `next_keys`, the next step's entries, are read in the background meanwhile.
+        """
+        if self.cache is None:
+            raise BlockSkipError(f'handle.step() is for residuals.mode "cached"; this plan uses "{self.plan.residuals.mode}"')
+        with self.cache.step(keys, next_keys):
+            yield
+
+    def verify(self, keys: Sequence[str], forward_kwargs: dict[str, Any], tolerance: float = 1e-3) -> float:
+        """Recompute the leading spans online for `keys` and compare with the bank.
+
+        Catches a bank built from other weights or other inputs. Needs the skipped weights
+        (not `offload: "drop"`). Returns the largest relative difference; raises `BankError`
+        above `tolerance`.
+        """
+        if self.cache is None or self.plan.offload == "drop":
+            raise BlockSkipError("verify() needs cached residuals and the skipped weights (offload other than drop)")
+        model = self._model()
+        self.cache.recorded = {}
+        try:
+            with torch.no_grad(), self.cache.step(keys):
+                model(**forward_kwargs)
+                stored = self.cache._current
+                worst = 0.0
+                for span_index, outputs in self.cache.recorded.items():
+                    for role in self.cache.spans[span_index]["roles"]:
+                        expected = stored[f"{span_index}/{role}"].to(outputs[role])
+                        error = float((outputs[role] - expected).norm() / expected.norm().clamp_min(1e-30))
+                        worst = max(worst, error)
+        finally:
+            self.cache.recorded = None
+        if worst > tolerance:
+            raise BankError(
+                f"bank entries {list(keys)[:4]} differ from a fresh computation by {worst:.2e} (relative), "
+                f"above {tolerance:g}: the bank was built from other weights or other inputs"
+            )
+        return worst
 
     def skipped_block_names(self) -> list[str]:
         return [name for span in self.spans for name in span.block_names]
@@ -164,28 +219,6 @@ class BlockSkipHandle:
         )
 
 
-def _coerce_plan(plan: BlockSkipPlan | dict | str | Path) -> BlockSkipPlan:
-    if isinstance(plan, BlockSkipPlan):
-        return plan
-    if isinstance(plan, dict):
-        return BlockSkipPlan.from_dict(plan)
-    return BlockSkipPlan.load(plan)
-
-
-def _spans(layout: ModelLayout, split: SkipSplit) -> list[SkipSpan]:
-    """Cut the leading and trailing ranges at block-list boundaries."""
-    total = layout.num_blocks
-    ranges = [(0, split.leading, "leading"), (total - split.trailing, total, "trailing")]
-    spans = []
-    for begin, end, position in ranges:
-        for block_list in layout:
-            start = max(begin, block_list.offset) - block_list.offset
-            stop = min(end, block_list.offset + len(block_list)) - block_list.offset
-            if start < stop:
-                spans.append(SkipSpan(block_list.name, start, stop, position))
-    return spans
-
-
 def _reject_lora(block: nn.Module, name: str) -> None:
     for parameter_name, _ in block.named_parameters():
         if "lora_" in parameter_name:
@@ -199,28 +232,28 @@ def _first_parameter(model: nn.Module) -> torch.Tensor | None:
     return next((p for p in model.parameters() if p.is_floating_point()), None)
 
 
-def apply_block_skip(model: nn.Module, plan: BlockSkipPlan | dict | str | Path) -> BlockSkipHandle:
+def apply_block_skip(
+    model: nn.Module, plan: BlockSkipPlan | dict | str | Path, *, schedule: Any = None
+) -> BlockSkipHandle:
     """Skip the plan's leading and trailing blocks of `model`, in place. Returns the handle.
 
     `plan` may be a `BlockSkipPlan`, its dict, or the path of a plan file. Call this before
     `add_adapter` (so LoRA goes only into kept blocks) and before moving the model to the GPU
-    (so skipped weights never get there).
+    (so skipped weights never get there). With cached residuals, `schedule` (the
+    `TrainingSchedule` the bank was computed for, or its fingerprint) lets blockskip check that
+    training will feed the inputs the bank expects.
     """
-    plan = _coerce_plan(plan)
+    plan = BlockSkipPlan.coerce(plan)
     if getattr(model, HANDLE_ATTRIBUTE, None) is not None:
         raise BlockSkipError(
             f"block skip is already applied to this {type(model).__name__}; call remove_block_skip first"
         )
-    if plan.residuals.mode == "cached":
-        raise NotImplementedError(
-            'residuals.mode "cached" (a precomputed residual bank) is not available in this release; '
-            'use "online", which gives the same leading-span residuals without a bank'
-        )
     layout = get_layout(model)
     split = plan.resolve_skip(layout.model_class, layout.num_blocks)
-    spans = _spans(layout, split)
+    spans = skip_spans(layout, split)
     reference = _first_parameter(model)
     streamer = BlockStreamer(resident=plan.offload == "none")
+    cache = _open_bank(model, plan, schedule) if plan.residuals.mode == "cached" else None
 
     originals: dict[str, nn.Module] = {}
     for span in spans:
@@ -231,7 +264,7 @@ def apply_block_skip(model: nn.Module, plan: BlockSkipPlan | dict | str | Path) 
             _reject_lora(blocks[index], name)
             originals[name] = blocks[index]
 
-    for span in spans:
+    for span_index, span in enumerate(spans):
         blocks = getattr(model, span.list_name)
         span_originals = [originals[name] for name in span.block_names]
         for offset, index in enumerate(range(span.start, span.stop)):
@@ -240,8 +273,20 @@ def apply_block_skip(model: nn.Module, plan: BlockSkipPlan | dict | str | Path) 
             if plan.offload == "cpu":
                 original.to("cpu")
                 pin_block(original)
-            slot = _Slot(original, plan.residuals.mode, streamer, following)
+            slot = _Slot(
+                original if plan.offload != "drop" else None,
+                plan.residuals.mode,
+                streamer,
+                following if plan.offload != "drop" else None,
+                span_index=span_index,
+                position=span.position,
+                first_in_span=offset == 0,
+                last_in_span=offset == len(span) - 1,
+                cache=cache,
+            )
             blocks[index] = SkippedBlock(original, block_io_for(original), slot, f"{span.list_name}.{index}")
+    if plan.offload == "drop":
+        originals = {}  # nothing needs the skipped weights any more: let them be freed
 
     handle = BlockSkipHandle(
         plan=plan,
@@ -251,9 +296,45 @@ def apply_block_skip(model: nn.Module, plan: BlockSkipPlan | dict | str | Path) 
         originals=originals,
         model_device=reference.device if reference is not None else torch.device("cpu"),
         model_dtype=reference.dtype if reference is not None else torch.float32,
+        cache=cache,
     )
+    handle._model = weakref.ref(model)
     setattr(model, HANDLE_ATTRIBUTE, handle)
     return handle
+
+
+def _open_bank(model: nn.Module, plan: BlockSkipPlan, schedule: Any) -> CachedResiduals:
+    """Open the plan's bank and refuse it unless it was made for this model, these spans and this schedule."""
+    reader = BankReader(plan.residuals.bank)
+    manifest, where = reader.manifest, plan.residuals.bank
+    fingerprint = model_fingerprint(model)
+    if manifest["model"] != fingerprint:
+        what = next(key for key in ("class", "config", "weights") if manifest["model"].get(key) != fingerprint[key])
+        raise BankError(
+            f"the bank at {where} was computed from another model: its {what} differs "
+            f"({str(manifest['model'].get(what))[:16]}… vs {str(fingerprint[what])[:16]}…)"
+        )
+    expected = bank_spans(model, plan)
+    if manifest["spans"] != expected:
+        raise BankError(
+            f"the bank at {where} holds spans {_span_text(manifest['spans'])}, but the plan skips {_span_text(expected)}"
+        )
+    schedule_hash = schedule.fingerprint() if hasattr(schedule, "fingerprint") else schedule
+    if manifest["schedule"] is not None and schedule_hash is None:
+        raise BankError(
+            f"the bank at {where} was computed for schedule {manifest['schedule'][:12]}…; pass that schedule "
+            "to apply_block_skip(..., schedule=...) so blockskip can check training uses it"
+        )
+    if manifest["schedule"] != schedule_hash and schedule_hash is not None:
+        raise BankError(
+            f"the bank at {where} was computed for schedule {str(manifest['schedule'])[:12]}…, "
+            f"not for this one ({schedule_hash[:12]}…)"
+        )
+    return CachedResiduals(reader)
+
+
+def _span_text(spans: list[dict]) -> str:
+    return ", ".join(f"{span['list']}[{span['start']}:{span['stop']}]" for span in spans) or "none"
 
 
 def get_block_skip(model: nn.Module) -> BlockSkipHandle | None:
@@ -275,6 +356,8 @@ def remove_block_skip(model: nn.Module) -> nn.Module:
     handle = getattr(model, HANDLE_ATTRIBUTE, None)
     if handle is None:
         raise BlockSkipError(f"no block skip is applied to this {type(model).__name__}")
+    if handle.plan.offload == "drop":
+        raise BlockSkipError('the plan dropped the skipped blocks (offload "drop"); load the model again to get them back')
     reference = _first_parameter(model)
     device = reference.device if reference is not None else handle.model_device
     dtype = reference.dtype if reference is not None else handle.model_dtype
@@ -288,6 +371,8 @@ def remove_block_skip(model: nn.Module) -> nn.Module:
         if dtype != handle.model_dtype:
             original.to(dtype)
         blocks[int(index)] = original
+    if handle.cache is not None:
+        handle.cache.close()
     delattr(model, HANDLE_ATTRIBUTE)
     return model
 
@@ -300,7 +385,7 @@ def describe_plan(model: nn.Module, plan: BlockSkipPlan) -> dict[str, Any]:
     """What `plan` would do to `model`, without changing it (for `blockskip inspect`)."""
     layout = get_layout(model)
     split = plan.resolve_skip(layout.model_class, layout.num_blocks)
-    spans = _spans(layout, split)
+    spans = skip_spans(layout, split)
     return {
         "model": layout.model_class,
         "num_blocks": layout.num_blocks,
