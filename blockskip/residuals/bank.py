@@ -60,6 +60,11 @@ def _manifest_bytes(manifest: dict) -> bytes:
     return (json.dumps({**body, "checksum": canonical_hash(body)}, indent=1, sort_keys=True) + "\n").encode()
 
 
+def write_manifest(folder: str | os.PathLike, manifest: dict) -> None:
+    """Write a manifest atomically, with the checksum that makes later edits detectable."""
+    _atomic_write(Path(folder) / MANIFEST, _manifest_bytes(manifest))
+
+
 def read_manifest(folder: str | os.PathLike) -> dict:
     """Parse and self-check a bank's manifest."""
     path = Path(folder) / MANIFEST
@@ -122,7 +127,7 @@ class BankWriter:
                 path.unlink()
 
     def _write_manifest(self) -> None:
-        _atomic_write(self.folder / MANIFEST, _manifest_bytes(self.manifest))
+        write_manifest(self.folder, self.manifest)
 
     def add(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
         """Queue one entry (`name -> tensor`, names like "0/image"); writes a shard when full."""

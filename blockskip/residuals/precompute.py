@@ -42,7 +42,16 @@ from ..layouts import block_io_for, get_layout
 from ..plan import BlockSkipPlan
 from ..skip import get_block_skip
 from ..spans import bank_spans
-from .bank import DEFAULT_SHARD_BYTES, BankError, BankWriter
+from .bank import (
+    BANK_FORMAT,
+    BANK_VERSION,
+    DEFAULT_SHARD_BYTES,
+    HEADER_FIELDS,
+    BankError,
+    BankWriter,
+    read_manifest,
+    write_manifest,
+)
 from .fingerprint import model_fingerprint
 
 
@@ -163,6 +172,8 @@ def precompute_residuals(
     num_entries: int | None = None,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     progress: bool = True,
+    process_index: int | None = None,
+    num_processes: int | None = None,
 ) -> PrecomputeSummary:
     """Fill `bank_dir` with the plan's residuals for every `(key, forward_kwargs)` in `inputs`.
 
@@ -170,6 +181,10 @@ def precompute_residuals(
     `schedule` (a `TrainingSchedule` or its fingerprint string) is recorded so training can
     check it uses the same one. `dtype` stores residuals in another dtype (bf16 halves the bank).
     An interrupted call can be repeated with the same arguments: it resumes after the last shard.
+
+    Under several processes (`torch.distributed` initialised, e.g. by `accelerate launch`, or
+    `process_index`/`num_processes` given) every process takes every n-th input, writes its own
+    part of the bank, and the first process merges the parts' manifests once all are done.
     """
     plan = BlockSkipPlan.coerce(plan)
     if get_block_skip(model) is not None:
@@ -182,8 +197,15 @@ def precompute_residuals(
         "schedule": schedule_hash,
         "dtype": str(dtype or next(model.parameters()).dtype).replace("torch.", ""),
     }
+    if num_entries is None and hasattr(inputs, "__len__"):
+        num_entries = len(inputs)
+    rank, world = _process_group(process_index, num_processes)
+    if world > 1:
+        inputs = (item for position, item in enumerate(inputs) if position % world == rank)
+        num_entries = None if num_entries is None else len(range(rank, num_entries, world))
+    root, bank_dir = Path(bank_dir), Path(bank_dir) / f"part-{rank:05d}" if world > 1 else Path(bank_dir)
     writer = BankWriter(bank_dir, header, shard_bytes=shard_bytes)
-    total = num_entries if num_entries is not None else (len(inputs) if hasattr(inputs, "__len__") else None)
+    total = num_entries
     device = torch.device(device) if device is not None else None
     already = len(writer.done)
     computed, started, checked_space = 0, time.perf_counter(), False
@@ -212,9 +234,53 @@ def precompute_residuals(
     finally:
         bar.close()
         model.train(model_was_training)
-    return PrecomputeSummary(
-        Path(bank_dir), len(writer.done), computed, writer.bytes_written, time.perf_counter() - started
-    )
+    if world > 1:
+        _barrier()
+        if rank == 0:
+            merge_bank_parts(root)
+        _barrier()
+    return PrecomputeSummary(root, len(writer.done), computed, writer.bytes_written, time.perf_counter() - started)
+
+
+def _process_group(process_index: int | None, num_processes: int | None) -> tuple[int, int]:
+    if num_processes is not None:
+        return process_index or 0, num_processes
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def merge_bank_parts(folder: str | Path) -> None:
+    """Write the manifest of a bank whose parts (`part-*/`) were computed by separate processes."""
+    folder = Path(folder)
+    parts = sorted(folder.glob("part-*"))
+    if not parts:
+        raise BankError(f"{folder} has no part-* folders to merge")
+    manifests = [read_manifest(part) for part in parts]
+    for part, manifest in zip(parts, manifests):
+        if not manifest["complete"]:
+            raise BankError(f"{part} is incomplete; run the precompute again to finish it")
+        if any(manifest[field] != manifests[0][field] for field in HEADER_FIELDS):
+            raise BankError(f"{part} was computed for another model, plan or schedule than {parts[0]}")
+    shards = [
+        {**shard, "file": f"{part.name}/{shard['file']}"}
+        for part, manifest in zip(parts, manifests)
+        for shard in manifest["shards"]
+    ]
+    merged = {
+        "format": BANK_FORMAT,
+        "version": BANK_VERSION,
+        **{field: manifests[0][field] for field in HEADER_FIELDS},
+        "complete": True,
+        "shards": shards,
+        "entries": sum(len(shard["keys"]) for shard in shards),
+    }
+    write_manifest(folder, merged)
 
 
 def _check_disk_space(folder: Path, entry: dict[str, torch.Tensor], remaining: int) -> None:
