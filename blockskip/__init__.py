@@ -8,28 +8,46 @@ Example:
     >>> plan = BlockSkipPlan.from_dict({"skip": {"ratio": 0.3}})
 """
 
+from .collator import DynamicPatchCollator, LatentPatchCollator
+from .conventions import get_convention
+from .images import ImageLoadError
 from .layouts import BlockIO, UnknownLayoutError, get_layout, register_block_io, register_model_layout
 from .lora import lora_target_modules, save_lora
 from .memory import MemoryUsage, measure_peak_memory
+from .patches import PatchSchedule
 from .plan import BlockSkipPlan, BlockSkipPlanError
+from .residuals.bank import BankError
+from .residuals.precompute import precompute_residuals
+from .schedule import TrainingSchedule
 from .skip import BlockSkipError, BlockSkipHandle, SkippedBlock, apply_block_skip, get_block_skip, remove_block_skip
+from .timesteps import LogitNormalSampler, UniformSampler
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BankError",
     "BlockIO",
     "BlockSkipError",
     "BlockSkipHandle",
     "BlockSkipPlan",
     "BlockSkipPlanError",
+    "DynamicPatchCollator",
+    "ImageLoadError",
+    "LatentPatchCollator",
+    "LogitNormalSampler",
     "MemoryUsage",
+    "PatchSchedule",
     "SkippedBlock",
+    "TrainingSchedule",
+    "UniformSampler",
     "UnknownLayoutError",
     "apply_block_skip",
     "get_block_skip",
+    "get_convention",
     "get_layout",
     "lora_target_modules",
     "measure_peak_memory",
+    "precompute_residuals",
     "register_block_io",
     "register_model_layout",
     "remove_block_skip",

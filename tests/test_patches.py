@@ -12,16 +12,9 @@ from hypothesis import strategies as st
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from blockskip.patches import (
-    SCHEDULES,
-    DynamicPatchCollator,
-    ImageLoadError,
-    LatentPatchCollator,
-    PatchSchedule,
-    crop_size,
-    image_to_tensor,
-    latent_crop_error,
-)
+from blockskip.collator import DynamicPatchCollator, LatentPatchCollator, latent_crop_error
+from blockskip.images import ImageLoadError, image_to_tensor
+from blockskip.patches import SCHEDULES, PatchSchedule, crop_size
 from blockskip.timesteps import LogitNormalSampler
 
 SMALL = dict(min_size=32, max_size=64, multiple_of=16)

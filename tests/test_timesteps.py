@@ -11,15 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
+from blockskip.conventions import CONVENTIONS, TimestepConvention, get_convention
 from blockskip.timesteps import (
-    CONVENTIONS,
     LogitNormalSampler,
     ModeSampler,
     ShiftedSampler,
     SigmoidSampler,
-    TimestepConvention,
     UniformSampler,
-    get_convention,
     make_sampler,
     partial_uniform,
     resolution_shift,
