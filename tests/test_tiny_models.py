@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import time
 
 import pytest
 import torch
@@ -108,7 +107,7 @@ def test_builds_real_model_with_enough_blocks(name):
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_forward_finite_text_dependent_and_fast(name):
+def test_forward_finite_and_text_dependent(name):
     case = _case(name)
     inputs = case.inputs(seed=0, batch=2)
     assert inputs["return_dict"] is False
@@ -116,12 +115,6 @@ def test_forward_finite_text_dependent_and_fast(name):
     assert out.shape[0] == 2
     assert torch.isfinite(out).all()
     assert out.abs().max() > 0
-    timings = []  # best of 3: the CI box is small and shared (typical forward: ~10 ms)
-    for _ in range(3):
-        start = time.perf_counter()
-        _run(case, inputs)
-        timings.append(time.perf_counter() - start)
-    assert min(timings) < 0.5, f"forward took {min(timings):.3f}s"
 
     other_text = torch.randn(inputs["encoder_hidden_states"].shape, generator=torch.Generator().manual_seed(123))
     changed = _run(case, {**inputs, "encoder_hidden_states": other_text})
