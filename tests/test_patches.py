@@ -348,7 +348,7 @@ def test_latent_variant_error_against_encoding_the_resized_crop(capsys):
             encode(F.interpolate(images[0][None, :, 96:, 128:], size=(64, 64), mode="bilinear", antialias=True))
         unrelated = float((a - b).norm() / b.norm())
     with capsys.disabled():
-        print(f"\nlatent-variant relative error, tiny random AutoencoderKL: "
+        print("\nlatent-variant relative error, tiny random AutoencoderKL: "
               + ", ".join(f"t={t}: {e:.3f}" for t, e in vae_err.items()) + f" (unrelated crops: {unrelated:.3f})"
               + "; avg-pool encoder: " + ", ".join(f"t={t}: {e:.4f}" for t, e in pool_err.items()))
     # documented bounds (docs/patches.md): on a random VAE the latent variant is no closer than two
