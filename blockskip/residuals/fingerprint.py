@@ -38,7 +38,11 @@ def _config_of(model: nn.Module) -> dict:
 def _sample(tensor: torch.Tensor) -> bytes:
     flat = tensor.detach().reshape(-1)
     stride = max(1, flat.numel() // _SAMPLED_VALUES)
-    return flat[::stride][:_SAMPLED_VALUES].to("cpu", torch.float64).numpy().tobytes()
+    sample = flat[::stride][:_SAMPLED_VALUES].to("cpu")
+    if sample.is_floating_point():
+        # Rounded to bf16, so the same checkpoint in fp32, fp16 or bf16 hashes alike.
+        sample = sample.to(torch.bfloat16)
+    return sample.to(torch.float64).numpy().tobytes()
 
 
 def weights_hash(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
@@ -55,7 +59,7 @@ def model_fingerprint(model: nn.Module, named_tensors: Iterable[tuple[str, torch
     """Class, config hash and sampled-weights hash of a model (LoRA weights excluded)."""
     if named_tensors is None:
         named_tensors = model.state_dict().items()
-    frozen = sorted((name, tensor) for name, tensor in named_tensors if "lora_" not in name)
+    frozen = sorted(((name, tensor) for name, tensor in named_tensors if "lora_" not in name), key=lambda item: item[0])
     return {
         "class": type(model).__name__,
         "config": canonical_hash(_config_of(model)),
