@@ -13,12 +13,14 @@ from .conventions import get_convention
 from .images import ImageLoadError
 from .layouts import BlockIO, UnknownLayoutError, get_layout, register_block_io, register_model_layout
 from .lora import lora_target_modules, save_lora
+from .masking import TextAttentionMask, mask_text_attention
 from .memory import MemoryUsage, measure_peak_memory
 from .patches import PatchSchedule
 from .plan import BlockSkipPlan, BlockSkipPlanError
 from .residuals.bank import BankError
 from .residuals.precompute import precompute_residuals
 from .schedule import TrainingSchedule
+from .selection import SelectionProfile, best_skip, select_blocks
 from .skip import BlockSkipError, BlockSkipHandle, SkippedBlock, apply_block_skip, get_block_skip, remove_block_skip
 from .timesteps import LogitNormalSampler, UniformSampler
 
@@ -37,19 +39,24 @@ __all__ = [
     "LogitNormalSampler",
     "MemoryUsage",
     "PatchSchedule",
+    "SelectionProfile",
     "SkippedBlock",
+    "TextAttentionMask",
     "TrainingSchedule",
     "UniformSampler",
     "UnknownLayoutError",
     "apply_block_skip",
+    "best_skip",
     "get_block_skip",
     "get_convention",
     "get_layout",
     "lora_target_modules",
+    "mask_text_attention",
     "measure_peak_memory",
     "precompute_residuals",
     "register_block_io",
     "register_model_layout",
     "remove_block_skip",
+    "select_blocks",
     "save_lora",
 ]

@@ -2,6 +2,7 @@
 
     blockskip demo [--steps 30] [--plan plan.json] [--out blockskip-demo]
     blockskip inspect --config path/to/transformer [--plan plan.json]
+    blockskip select --pipeline DIR --lora DIR --prompts FILE --ratio 0.3 -o plan.json
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 
 from .plan import BlockSkipPlanError
 
-COMMANDS = ("demo", "inspect")
+COMMANDS = ("demo", "inspect", "select")
 
 
 def build_parser() -> argparse.ArgumentParser:
