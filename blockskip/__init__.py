@@ -10,13 +10,16 @@ Example:
 
 from .collator import DynamicPatchCollator, LatentPatchCollator
 from .conventions import get_convention
+from .image_folder import ImageFolder
 from .images import ImageLoadError
 from .layouts import BlockIO, UnknownLayoutError, get_layout, register_block_io, register_model_layout
 from .lora import lora_target_modules, save_lora
 from .masking import TextAttentionMask, mask_text_attention
 from .memory import MemoryUsage, measure_peak_memory
 from .patches import PatchSchedule
+from .pipeline_inputs import PipelineInputs
 from .plan import BlockSkipPlan, BlockSkipPlanError
+from .prompt_cache import PromptCache
 from .residuals.bank import BankError
 from .residuals.precompute import precompute_residuals
 from .schedule import TrainingSchedule
@@ -34,11 +37,14 @@ __all__ = [
     "BlockSkipPlan",
     "BlockSkipPlanError",
     "DynamicPatchCollator",
+    "ImageFolder",
     "ImageLoadError",
     "LatentPatchCollator",
     "LogitNormalSampler",
     "MemoryUsage",
     "PatchSchedule",
+    "PipelineInputs",
+    "PromptCache",
     "SelectionProfile",
     "SkippedBlock",
     "TextAttentionMask",

@@ -3,6 +3,7 @@
     blockskip demo [--steps 30] [--plan plan.json] [--out blockskip-demo]
     blockskip inspect --config path/to/transformer [--plan plan.json]
     blockskip select --pipeline DIR --lora DIR --prompts FILE --ratio 0.3 -o plan.json
+    blockskip precompute --pipeline DIR --images DIR --plan plan.json --steps N --batch-size B
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 
 from .plan import BlockSkipPlanError
 
-COMMANDS = ("demo", "inspect", "select")
+COMMANDS = ("demo", "inspect", "select", "precompute")
 
 
 def build_parser() -> argparse.ArgumentParser:

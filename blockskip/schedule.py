@@ -124,6 +124,55 @@ class TrainingSchedule:
             }
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        """The schedule's arguments as JSON-ready data; `from_dict` rebuilds the same schedule.
+
+        >>> s = TrainingSchedule([(64, 48)], 3, 1, PatchSchedule(32, 64, 16), seed=5)
+        >>> TrainingSchedule.from_dict(s.to_dict()).fingerprint() == s.fingerprint()
+        True
+        """
+        from .sampler_spec import sampler_to_dict
+
+        return {
+            "format": "blockskip.schedule",
+            "version": 1,
+            "seed": self.seed,
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "image_sizes": [list(size) for size in self.image_sizes],
+            "patches": {
+                "min_size": self.patches.min_size,
+                "max_size": self.patches.max_size,
+                "multiple_of": self.patches.multiple_of,
+                "schedule": self.patches.schedule,
+                "fixed_size": self.patches.fixed_size,
+            },
+            "sampler": sampler_to_dict(self.sampler),
+            "fingerprint": self.fingerprint(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainingSchedule:
+        """The schedule `to_dict` described; refuses data whose recorded fingerprint it cannot reproduce."""
+        from .sampler_spec import sampler_from_dict
+
+        if not isinstance(data, dict) or data.get("format") != "blockskip.schedule" or data.get("version") != 1:
+            raise ValueError("not a blockskip schedule (expected format 'blockskip.schedule', version 1)")
+        missing = [k for k in ("seed", "steps", "batch_size", "image_sizes", "patches", "sampler") if k not in data]
+        if missing:
+            raise ValueError(f"schedule data lacks {', '.join(missing)}")
+        schedule = cls(
+            [tuple(size) for size in data["image_sizes"]], data["steps"], data["batch_size"],
+            PatchSchedule(**data["patches"]), seed=data["seed"], sampler=sampler_from_dict(data["sampler"]),
+        )
+        recorded = data.get("fingerprint")
+        if recorded is not None and recorded != schedule.fingerprint():
+            raise ValueError(
+                f"schedule data says fingerprint {recorded[:12]}…, but rebuilds as {schedule.fingerprint()[:12]}…: "
+                "it was edited, or written by another version of blockskip"
+            )
+        return schedule
+
     @staticmethod
     def noise(
         entries: Sequence[ScheduleEntry], shape: Sequence[int], dtype=torch.float32, device: Any = "cpu"

@@ -64,6 +64,16 @@ class PrecomputeSummary:
     seconds: float
 
 
+def bank_header(model: nn.Module, plan: BlockSkipPlan, schedule: Any = None, dtype: torch.dtype | None = None) -> dict:
+    """What a bank for `plan` on `model` must record: fingerprint, spans, schedule hash, storage dtype."""
+    return {
+        "model": model_fingerprint(model),
+        "spans": bank_spans(model, plan),
+        "schedule": schedule.fingerprint() if hasattr(schedule, "fingerprint") else schedule,
+        "dtype": str(dtype or next(model.parameters()).dtype).replace("torch.", ""),
+    }
+
+
 def collate_inputs(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Batch per-sample forward kwargs: batch-1 tensors are concatenated, shared values kept once.
 
@@ -189,14 +199,8 @@ def precompute_residuals(
     plan = BlockSkipPlan.coerce(plan)
     if get_block_skip(model) is not None:
         raise BankError("precompute needs the full model: call it before apply_block_skip (or after remove_block_skip)")
-    spans = bank_spans(model, plan)
-    schedule_hash = schedule.fingerprint() if hasattr(schedule, "fingerprint") else schedule
-    header = {
-        "model": model_fingerprint(model),
-        "spans": spans,
-        "schedule": schedule_hash,
-        "dtype": str(dtype or next(model.parameters()).dtype).replace("torch.", ""),
-    }
+    header = bank_header(model, plan, schedule, dtype)
+    spans = header["spans"]
     if num_entries is None and hasattr(inputs, "__len__"):
         num_entries = len(inputs)
     rank, world = _process_group(process_index, num_processes)
