@@ -10,6 +10,7 @@ Example:
 
 from .collator import DynamicPatchCollator, LatentPatchCollator
 from .conventions import get_convention
+from .estimate import TrainingEstimate, estimate_training_memory
 from .image_folder import ImageFolder
 from .images import ImageLoadError
 from .layouts import BlockIO, UnknownLayoutError, get_layout, register_block_io, register_model_layout
@@ -19,6 +20,8 @@ from .memory import MemoryUsage, measure_peak_memory
 from .patches import PatchSchedule
 from .pipeline_inputs import PipelineInputs
 from .plan import BlockSkipPlan, BlockSkipPlanError
+from .planner import plan_for_budget
+from .presets import PRESETS, get_preset
 from .prompt_cache import PromptCache
 from .residuals.bank import BankError
 from .residuals.precompute import precompute_residuals
@@ -26,43 +29,52 @@ from .schedule import TrainingSchedule
 from .selection import SelectionProfile, best_skip, select_blocks
 from .skip import BlockSkipError, BlockSkipHandle, SkippedBlock, apply_block_skip, get_block_skip, remove_block_skip
 from .timesteps import LogitNormalSampler, UniformSampler
+from .trades import MemoryTrades, apply_memory_trades, get_memory_trades
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "apply_block_skip",
+    "apply_memory_trades",
     "BankError",
+    "best_skip",
     "BlockIO",
     "BlockSkipError",
     "BlockSkipHandle",
     "BlockSkipPlan",
     "BlockSkipPlanError",
     "DynamicPatchCollator",
+    "estimate_training_memory",
+    "get_block_skip",
+    "get_convention",
+    "get_layout",
+    "get_memory_trades",
+    "get_preset",
     "ImageFolder",
     "ImageLoadError",
     "LatentPatchCollator",
     "LogitNormalSampler",
-    "MemoryUsage",
-    "PatchSchedule",
-    "PipelineInputs",
-    "PromptCache",
-    "SelectionProfile",
-    "SkippedBlock",
-    "TextAttentionMask",
-    "TrainingSchedule",
-    "UniformSampler",
-    "UnknownLayoutError",
-    "apply_block_skip",
-    "best_skip",
-    "get_block_skip",
-    "get_convention",
-    "get_layout",
     "lora_target_modules",
     "mask_text_attention",
     "measure_peak_memory",
+    "MemoryTrades",
+    "MemoryUsage",
+    "PatchSchedule",
+    "PipelineInputs",
+    "plan_for_budget",
     "precompute_residuals",
+    "PRESETS",
+    "PromptCache",
     "register_block_io",
     "register_model_layout",
     "remove_block_skip",
-    "select_blocks",
     "save_lora",
+    "select_blocks",
+    "SelectionProfile",
+    "SkippedBlock",
+    "TextAttentionMask",
+    "TrainingEstimate",
+    "TrainingSchedule",
+    "UniformSampler",
+    "UnknownLayoutError",
 ]

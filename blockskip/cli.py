@@ -14,7 +14,7 @@ import sys
 
 from .plan import BlockSkipPlanError
 
-COMMANDS = ("demo", "inspect", "select", "precompute")
+COMMANDS = ("demo", "inspect", "precompute", "select", "estimate", "plan")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,6 +40,7 @@ PLAN_FILENAME = "blockskip_plan.json"
 RESIDUAL_MODES = ("online", "cached", "none")
 OFFLOAD_TARGETS = ("cpu", "none", "drop")
 PATCH_SCHEDULES = ("low_to_high", "high_to_low", "random", "resize", "fixed")
+STORAGE_DTYPES = ("float8_e4m3fn", "float8_e5m2")
 
 
 class BlockSkipPlanError(ValueError):
@@ -91,6 +92,26 @@ class PatchSettings:
     schedule: str = "low_to_high"
 
 
+@dataclass(frozen=True)
+class KeptBlockSettings:
+    """Memory trades for the kept (trained) blocks, applied by `blockskip.apply_memory_trades`.
+
+    - `gradient_checkpointing`: recompute each kept block's activations in backward.
+    - `storage_dtype`: keep the kept blocks' frozen weights in fp8 and upcast one layer at a time
+      (`None` keeps the model's dtype). LoRA weights never change dtype.
+    - `group_offload`: keep the kept blocks' frozen weights on the CPU and stream them to the GPU
+      layer by layer, prefetching on a side stream (CUDA only).
+    """
+
+    gradient_checkpointing: bool = False
+    storage_dtype: str | None = None
+    group_offload: bool = False
+
+    @property
+    def is_default(self) -> bool:
+        return self == KeptBlockSettings()
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -121,7 +142,12 @@ _PATCH_FIELDS: _FieldSpec = {
     "multiple_of": ("multiple_of", _is_int, "an integer", True),
     "schedule": ("schedule", lambda v: isinstance(v, str), "a string", False),
 }
-_TOP_LEVEL_KEYS = ("format", "version", "model", "skip", "residuals", "offload", "patches")
+_KEPT_BLOCK_FIELDS: _FieldSpec = {
+    "gradient_checkpointing": ("gradient_checkpointing", lambda v: isinstance(v, bool), "true or false", False),
+    "storage_dtype": ("storage_dtype", lambda v: isinstance(v, str), "a string", True),
+    "group_offload": ("group_offload", lambda v: isinstance(v, bool), "true or false", False),
+}
+_TOP_LEVEL_KEYS = ("format", "version", "model", "skip", "residuals", "offload", "patches", "kept_blocks")
 
 
 def _read_section(data: Any, path: str, spec: _FieldSpec) -> dict[str, Any]:
@@ -162,6 +188,7 @@ class BlockSkipPlan:
     residuals: ResidualSettings = field(default_factory=ResidualSettings)
     offload: str = "cpu"
     patches: PatchSettings = field(default_factory=PatchSettings)
+    kept_blocks: KeptBlockSettings = field(default_factory=KeptBlockSettings)
 
     def __post_init__(self):
         self._validate()
@@ -192,6 +219,7 @@ class BlockSkipPlan:
             residuals=ResidualSettings(**_read_section(data.get("residuals"), "residuals", _RESIDUAL_FIELDS)),
             offload=offload,
             patches=PatchSettings(**_read_section(data.get("patches"), "patches", _PATCH_FIELDS)),
+            kept_blocks=KeptBlockSettings(**_read_section(data.get("kept_blocks"), "kept_blocks", _KEPT_BLOCK_FIELDS)),
         )
 
     @classmethod
@@ -222,8 +250,12 @@ class BlockSkipPlan:
         return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:
-        """The plan as a JSON-compatible dict, with every field spelled out."""
-        return {
+        """The plan as a JSON-compatible dict, with every field spelled out.
+
+        `kept_blocks` is written only when it asks for a trade, so a plan without trades stays
+        readable by blockskip versions that predate the section.
+        """
+        data = {
             "format": PLAN_FORMAT,
             "version": PLAN_VERSION,
             "model": {"class": self.model.class_name, "num_blocks": self.model.num_blocks},
@@ -233,6 +265,9 @@ class BlockSkipPlan:
             "offload": self.offload,
             "patches": _as_dict(self.patches),
         }
+        if not self.kept_blocks.is_default:
+            data["kept_blocks"] = _as_dict(self.kept_blocks)
+        return data
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the plan as JSON, atomically. A directory gets `blockskip_plan.json` inside it."""
@@ -244,6 +279,7 @@ class BlockSkipPlan:
         with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
             handle.write(text)
             temporary = Path(handle.name)
+        temporary.chmod(0o666 & ~_current_umask())  # NamedTemporaryFile creates 0600; a plan is for sharing
         os.replace(temporary, path)
         return path
 
@@ -353,6 +389,18 @@ class BlockSkipPlan:
             "patches.schedule",
             f"{json.dumps(patches.schedule)} is not one of {', '.join(PATCH_SCHEDULES)}",
         )
+        storage_dtype = self.kept_blocks.storage_dtype
+        _require(
+            storage_dtype is None or storage_dtype in STORAGE_DTYPES,
+            "kept_blocks.storage_dtype",
+            f"{json.dumps(storage_dtype)} is not one of {', '.join(STORAGE_DTYPES)} (or null)",
+        )
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _as_dict(section: Any) -> dict[str, Any]:

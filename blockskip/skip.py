@@ -228,6 +228,12 @@ def _reject_lora(block: nn.Module, name: str) -> None:
             )
 
 
+def _has_no_data(block: nn.Module) -> bool:
+    # blockskip-estimate: true for meta and fake tensors, whose blocks cannot (and need not) move.
+    tensor = next(block.parameters(), None)
+    return tensor is not None and (tensor.is_meta or type(tensor).__name__ == "FakeTensor")
+
+
 def _first_parameter(model: nn.Module) -> torch.Tensor | None:
     return next((p for p in model.parameters() if p.is_floating_point()), None)
 
@@ -270,7 +276,8 @@ def apply_block_skip(
         for offset, index in enumerate(range(span.start, span.stop)):
             original = span_originals[offset]
             following = span_originals[offset + 1] if offset + 1 < len(span_originals) else None
-            if plan.offload == "cpu":
+            # blockskip-estimate: meta/fake weights (the estimator's models) have nothing to move.
+            if plan.offload == "cpu" and not _has_no_data(original):
                 original.to("cpu")
                 pin_block(original)
             slot = _Slot(

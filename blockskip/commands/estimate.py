@@ -1,0 +1,94 @@
+"""`blockskip estimate`: peak memory and FLOPs of a LoRA training step at full size, no GPU needed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_step_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments shared with `blockskip plan`: the model and what one training step looks like."""
+    parser.add_argument("--model", required=True, help="a preset (flux.1-dev, sd3.5-large, ...), a config.json, or a model folder")
+    parser.add_argument("--frames", type=int, help="frames per sample, video models (default: the preset's)")
+    parser.add_argument("--text-length", type=int, help="text tokens (default: the model's training scripts')")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--lora-rank", type=int, default=4)
+    parser.add_argument("--lora-targets", default="to_q,to_k,to_v,to_out.0", help="comma-separated layer suffixes")
+    parser.add_argument("--optimizer", default="adamw", choices=["adamw", "adamw8bit", "sgd"])
+    parser.add_argument("--residuals", choices=["online", "cached"], help="price online or cached residuals (default: the plan's)")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="the device the step runs on (cpu: no weight streaming)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def register(commands) -> None:
+    parser = commands.add_parser("estimate", help="estimate a training step's peak memory and FLOPs without a GPU")
+    add_step_arguments(parser)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--plan", help="a plan file")
+    source.add_argument(
+        "--skip-ratio", type=float, default=0.3, help="skip this fraction of the blocks, split by the model's table (default 0.3)"
+    )
+    parser.add_argument("--resolution", type=int, help="training side in pixels (default: the plan's patches.min_size)")
+    parser.add_argument("--baseline-resolution", type=int, help="the baseline's side (default: patches.max_size)")
+    parser.add_argument("--lora-dtype", choices=["bfloat16", "float16", "float32"], help="LoRA weights' dtype (default: the model's)")
+    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, help="override the plan")
+    parser.add_argument("--storage-dtype", choices=["none", "float8_e4m3fn", "float8_e5m2"], help="kept blocks' weight storage (override the plan)")
+    parser.add_argument("--group-offload", action=argparse.BooleanOptionalAction, help="override the plan")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the unskipped baseline")
+    parser.add_argument("--plot", metavar="PNG", help="also draw peak memory and TFLOPs against skip ratio")
+    parser.set_defaults(run=run)
+
+
+def step_options(args: argparse.Namespace) -> dict:
+    return dict(
+        frames=args.frames,
+        text_length=args.text_length,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        lora_rank=args.lora_rank,
+        lora_targets=tuple(target.strip() for target in args.lora_targets.split(",") if target.strip()),
+        optimizer=args.optimizer,
+        device=args.device,
+    )
+
+
+def _default_plan(args: argparse.Namespace, preset) -> dict:
+    plan: dict = {"skip": {"ratio": args.skip_ratio}}
+    if preset is not None:
+        plan["patches"] = {"min_size": preset.training_resolution, "max_size": preset.resolution}
+    return plan
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..estimate import estimate_training_memory
+    from ..plan import BlockSkipPlan
+    from ..presets import resolve_model
+
+    _, preset, _ = resolve_model(args.model)
+    plan = BlockSkipPlan.load(args.plan) if args.plan else _default_plan(args, preset)
+    report = estimate_training_memory(
+        args.model,
+        plan,
+        resolution=args.resolution,
+        baseline_resolution=args.baseline_resolution,
+        lora_dtype=args.lora_dtype,
+        gradient_checkpointing=args.gradient_checkpointing,
+        storage_dtype=args.storage_dtype,
+        group_offload=args.group_offload,
+        residuals=args.residuals,
+        baseline=not args.no_baseline,
+        **step_options(args),
+    )
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.format_table())
+    if args.plot:
+        from ..estimate_plot import draw_skip_sweep, sweep_skip_ratios
+
+        sweep = sweep_skip_ratios(args.model, **step_options(args))
+        draw_skip_sweep(sweep).save(args.plot)
+        if not args.json:
+            print(f"plot written to {args.plot}")
+    return 0

@@ -1,0 +1,54 @@
+"""`blockskip plan`: the lowest-risk plan that fits a VRAM budget, written to plan.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .estimate import add_step_arguments, step_options
+
+
+def register(commands) -> None:
+    parser = commands.add_parser("plan", help="find the plan that fits a VRAM budget with the least quality risk")
+    add_step_arguments(parser)
+    parser.add_argument("--budget-gib", type=float, required=True, help="GPU memory available for training, GiB")
+    parser.add_argument(
+        "--min-quality",
+        default="fp8",
+        choices=["lossless", "bf16", "fp8"],
+        help="lossless: only checkpointing/offload; bf16: also skipping and lower resolution; fp8: also fp8 weights (default)",
+    )
+    parser.add_argument("--max-skip-ratio", type=float, default=0.5, help="largest skip ratio to consider (default 0.5)")
+    parser.add_argument("--resolutions", help="training sides to try, best first, comma-separated (default: the preset's)")
+    parser.add_argument("--no-offload", action="store_true", help="never offload kept weights (no per-step PCIe traffic)")
+    parser.add_argument("--reserve-gib", type=float, default=0.5, help="kept free for the CUDA context (default 0.5)")
+    parser.add_argument("--out", default="plan.json", help="where to write the plan (default plan.json)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..estimate import TrainingEstimate
+    from ..planner import GIB, plan_for_budget
+
+    options = step_options(args)
+    choice = plan_for_budget(
+        args.model,
+        int(args.budget_gib * GIB),
+        min_quality=args.min_quality,
+        max_skip_ratio=args.max_skip_ratio,
+        resolutions=tuple(int(side) for side in args.resolutions.split(",")) if args.resolutions else None,
+        allow_offload=not args.no_offload,
+        reserve_bytes=int(args.reserve_gib * GIB),
+        residuals=args.residuals or "online",
+        **options,
+    )
+    path = choice.plan.save(args.out)
+    if args.json:
+        print(json.dumps({**choice.to_dict(), "written_to": str(path)}, indent=2))
+        return 0
+    report = TrainingEstimate(choice.model, choice.estimate.model_parameters, choice.estimate, choice.baseline)
+    print(report.format_table())
+    print()
+    print(choice.explain())
+    print(f"plan written to {path}")
+    return 0
