@@ -1,0 +1,7 @@
+"""Trainer adapters: thin run-time patches that bring blockskip into trainers you already use.
+
+Each subpackage targets one trainer and changes nothing on disk:
+
+- `blockskip.integrations.diffusers`: the diffusers DreamBooth-LoRA example scripts
+  (`python -m blockskip.integrations.diffusers train_dreambooth_lora_flux.py --blockskip_plan plan.json ...`).
+"""
