@@ -14,7 +14,8 @@ memory behaviour:
   the GPU for its call and the next block's are prefetched (`BlockStreamer`); the emulation holds
   two such copies (`residual_buffers`) while a skipped block runs.
 - **cached residuals** (`residuals="cached"`, or a plan whose mode is `cached`): skipped blocks
-  cost nothing; each span's Δ (one tensor per stream it passes on) is held for the whole step.
+  cost nothing; the first stand-in of each span takes the bank's tensor for each stored stream
+  (`blockskip.spans.stored_roles`), brought to the device for that call, as `SkippedBlock` does.
 - **group offload** of kept blocks: a layer's frozen weights are copied in for its forward and
   released after (kept alive by autograd when backward needs them), plus one prefetched layer.
 
@@ -51,6 +52,7 @@ from .memory import format_bytes
 from .plan import BlockSkipPlan, PatchSettings, ResidualSettings
 from .presets import ModelPreset, resolve_model
 from .skip import BlockSkipHandle, SkippedBlock, iter_stand_ins
+from .spans import stored_roles
 from .step_inputs import StepShape, check_shape, family_of, training_inputs
 from .trades import _frozen_leaves, kept_blocks
 from .training_step import (
@@ -240,30 +242,34 @@ def _emulate_streaming(emulation: _Emulation, handle: BlockSkipHandle, dtype: to
 
 
 def _emulate_cached(emulation: _Emulation, model: nn.Module, handle: BlockSkipHandle) -> None:
-    """Cached residuals: the last stand-in of each span adds a Δ held for the whole step."""
+    """Cached residuals as `SkippedBlock._cached` uses them, with the bank's tensors made up.
+
+    The first stand-in of each span takes the bank's tensor for each stored stream (`bank_spans`):
+    a leading span's output replaces the stream, a trailing span's Δ is added to it. Each tensor
+    comes to the device for that call only; the bank itself stays in host memory.
+    """
     ledger = emulation.ledger
-    last_of_span = {span.block_names[-1]: span for span in handle.spans}
+    stored = {(span.list_name, span.start): span for span in handle.spans}
     for stand_in in iter_stand_ins(model):
-        span = last_of_span.get(stand_in.qualified_name)
+        list_name, index = stand_in.qualified_name.rsplit(".", 1)
+        span = stored.get((list_name, int(index)))
         if span is None:
             continue
-        roles = stand_in.io.returns
-        needed = [role != "text" or span.position == "leading" for role in roles]
+        roles = stored_roles(span, stand_in.io)
 
-        def add_delta(module: SkippedBlock, args, output, roles=roles, needed=needed):
+        def load(module: SkippedBlock, args, output, roles=roles, leading=span.position == "leading"):
             values = output if isinstance(output, tuple) else (output,)
             result = []
-            for value, keep in zip(values, needed):
-                if value is None or not keep:
+            for role, value in zip(module.io.returns, values):
+                if value is None or role not in roles:
                     result.append(value)
                     continue
                 with ledger.tagged("residual_buffers"):
-                    delta = torch.empty_like(value)
-                emulation.held.append(delta)
-                result.append(value + delta)
+                    residual = torch.empty_like(value)
+                result.append(residual if leading else value + residual)
             return tuple(result) if isinstance(output, tuple) else result[0]
 
-        emulation.handles.append(stand_in.register_forward_hook(add_delta))
+        emulation.handles.append(stand_in.register_forward_hook(load))
 
 
 def _emulate_group_offload(emulation: _Emulation, model: nn.Module) -> set[int]:
@@ -370,7 +376,7 @@ def estimate_step(
             _emulate_streaming(emulation, handle, dtype)
         if mode == "cached" and handle.spans:
             _emulate_cached(emulation, model, handle)
-            notes.append("cached residuals emulated: skipped blocks cost nothing, each span's Δ is held per step")
+            notes.append("cached residuals emulated: skipped blocks cost nothing; each span's stored tensor comes in per step")
         _register_model(ledger, model, offloaded)
         if plan.offload == "none" and mode != "cached":
             for original in handle.originals.values():

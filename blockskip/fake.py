@@ -118,11 +118,3 @@ def fakeify(
 def fake_model(config: dict[str, Any] | str | Path, dtype: torch.dtype, mode: FakeTensorMode) -> nn.Module:
     """Build the diffusers model a config describes, with fake tensors of `dtype`."""
     return fakeify(model_from_config(config), dtype, mode)
-
-
-def is_placeholder(module: nn.Module) -> bool:
-    """True if `module`'s tensors hold no data (meta or fake): nothing to move or pin."""
-    tensor = next(module.parameters(), None)
-    if tensor is None:
-        tensor = next(module.buffers(), None)
-    return tensor is not None and (tensor.is_meta or isinstance(tensor, FakeTensor))

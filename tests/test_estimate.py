@@ -100,7 +100,8 @@ def test_cached_residuals_cost_no_compute_for_skipped_blocks():
     cached = estimate_training_memory(model, SKIP, residuals="cached", **options).step
     assert cached.forward_flops < online.forward_flops
     assert cached.backward_flops == online.backward_flops
-    assert cached.breakdown["residual_buffers"] > 0 and cached.host_bytes == 0
+    # No skipped weights come to the device (online residuals stream two blocks' worth), none wait on the host.
+    assert cached.breakdown["residual_buffers"] < online.breakdown["residual_buffers"] and cached.host_bytes == 0
     assert cached.residuals == "cached"
 
 

@@ -87,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         from ..estimate_plot import draw_skip_sweep, sweep_skip_ratios
 
-        sweep = sweep_skip_ratios(args.model, **step_options(args))
+        sweep = sweep_skip_ratios(
+            args.model, resolution=args.resolution, baseline_resolution=args.baseline_resolution, **step_options(args)
+        )
         draw_skip_sweep(sweep).save(args.plot)
         if not args.json:
             print(f"plot written to {args.plot}")
