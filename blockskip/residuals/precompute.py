@@ -191,6 +191,7 @@ def precompute_residuals(
     `schedule` (a `TrainingSchedule` or its fingerprint string) is recorded so training can
     check it uses the same one. `dtype` stores residuals in another dtype (bf16 halves the bank).
     An interrupted call can be repeated with the same arguments: it resumes after the last shard.
+    With `device` set, the model is left with its blocks on the CPU and its other layers on `device`.
 
     Under several processes (`torch.distributed` initialised, e.g. by `accelerate launch`, or
     `process_index`/`num_processes` given) every process takes every n-th input, writes its own
