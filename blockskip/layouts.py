@@ -1,7 +1,9 @@
 """Where a model's transformer blocks are, and how each block class moves its streams.
 
 Two registries, both keyed by class *name* so that look-ups never import a model (and so that a
-trainer's own copy of a diffusers class, such as SimpleTuner's FLUX transformer, matches too):
+trainer's own copy of a diffusers class matches too). A copy that keeps a name but changes the
+streams (SimpleTuner's `FluxSingleTransformerBlock` takes and returns the joint sequence) is
+registered for its class object with `register_block_io(cls, ..., exact=True)`, which wins:
 
 - model class -> the attribute names of its block lists, in execution order;
 - block class -> `BlockIO`: which forward arguments carry the image and text streams, and in
@@ -91,6 +93,8 @@ _BLOCK_IO: dict[str, BlockIO] = {
     "AuraFlowSingleTransformerBlock": _JOINT_ONLY,
 }
 
+_BLOCK_IO_BY_CLASS: dict[type, BlockIO] = {}  # register_block_io(..., exact=True); wins over names
+
 _MODEL_BLOCK_LISTS: dict[str, tuple[str, ...]] = {
     "FluxTransformer2DModel": ("transformer_blocks", "single_transformer_blocks"),
     "Flux2Transformer2DModel": ("transformer_blocks", "single_transformer_blocks"),
@@ -118,10 +122,21 @@ def register_block_io(
     returns: tuple[str, ...],
     image_arg: str = "hidden_states",
     text_arg: str | None = "encoder_hidden_states",
+    *,
+    exact: bool = False,
 ) -> BlockIO:
-    """Describe how a block class takes and returns its streams (see `BlockIO`)."""
+    """Describe how a block class takes and returns its streams (see `BlockIO`).
+
+    `exact=True` (a class, not a name) describes only that class object: for a trainer's own copy
+    of a block class that shares a diffusers class's name but not its streams.
+    """
     io = BlockIO(returns=tuple(returns), image_arg=image_arg, text_arg=text_arg)
-    _BLOCK_IO[_class_name(block_class)] = io
+    if exact:
+        if not isinstance(block_class, type):
+            raise TypeError(f"exact=True needs a class, not {block_class!r}")
+        _BLOCK_IO_BY_CLASS[block_class] = io
+    else:
+        _BLOCK_IO[_class_name(block_class)] = io
     return io
 
 
@@ -157,7 +172,10 @@ def _block_io_from_diffusers(name: str) -> BlockIO | None:
 
 def block_io_for(block: nn.Module | type | str) -> BlockIO:
     """The `BlockIO` of a block (instance, class or class name)."""
-    name = _class_name(block if isinstance(block, (type, str)) else type(block))
+    cls = block if isinstance(block, (type, str)) else type(block)
+    if isinstance(cls, type) and cls in _BLOCK_IO_BY_CLASS:
+        return _BLOCK_IO_BY_CLASS[cls]
+    name = _class_name(cls)
     io = _BLOCK_IO.get(name) or _block_io_from_diffusers(name)
     if io is None:
         raise UnknownLayoutError(

@@ -6,4 +6,6 @@ Each subpackage targets one trainer and changes nothing on disk:
   (`python -m blockskip.integrations.diffusers train_dreambooth_lora_flux.py --blockskip_plan plan.json ...`).
 - `blockskip.integrations.kohya`: kohya-ss sd-scripts' FLUX LoRA trainer
   (`accelerate launch -m blockskip.integrations.kohya flux_train_network.py --blockskip_plan plan.json ...`).
+- `blockskip.integrations.simpletuner`: SimpleTuner 4.x's FLUX LoRA training, in-process
+  (`accelerate launch -m blockskip.integrations.simpletuner --blockskip_plan plan.json <SimpleTuner options>`).
 """
