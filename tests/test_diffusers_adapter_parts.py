@@ -11,9 +11,9 @@ from blockskip.conventions import TimestepConvention
 from blockskip.integrations.diffusers.data import DreamBoothPatchCollate
 from blockskip.integrations.diffusers.density import density_from_batch
 from blockskip.integrations.diffusers.errors import ScriptAdapterError
-from blockskip.integrations.diffusers.patching import Patches
 from blockskip.integrations.diffusers.session import ScriptSession
 from blockskip.integrations.diffusers.validation import guard_intermediate_validation
+from blockskip.integrations.patching import Patches
 
 DENSITY = {"weighting_scheme": "none", "logit_mean": 0.0, "logit_std": 1.0, "mode_scale": 1.29}
 

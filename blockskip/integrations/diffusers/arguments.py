@@ -8,7 +8,7 @@ incompatible flags fail in a second instead of after minutes of loading.
 Example:
     >>> import argparse
     >>> from blockskip import BlockSkipPlan
-    >>> from blockskip.integrations.diffusers.patching import Patches
+    >>> from blockskip.integrations.patching import Patches
     >>> from blockskip.integrations.diffusers.session import ScriptSession
     >>> session = ScriptSession(BlockSkipPlan.from_dict({}), verbose=False)
     >>> parser = argparse.ArgumentParser()
@@ -25,8 +25,8 @@ from __future__ import annotations
 import argparse
 import functools
 
+from ..patching import Patches
 from .checks import check_script_args
-from .patching import Patches
 from .session import ScriptSession
 
 # A namespace with these is the training script's (not accelerate's or another library's).

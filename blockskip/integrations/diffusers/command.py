@@ -17,14 +17,10 @@ Example:
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass, field
-
-from ...plan import BlockSkipPlanError
-from ...skip import BlockSkipError
+from ..flags import AdapterArguments, split_script_arguments
+from ..main import run_main
 from .errors import ScriptAdapterError
 
-PREFIX = "--blockskip_"
 USAGE = """usage: python -m blockskip.integrations.diffusers SCRIPT --blockskip_plan PLAN [--blockskip_patches {dynamic,off}]
                                                 [--blockskip_quiet] [SCRIPT ARGUMENTS ...]
        accelerate launch -m blockskip.integrations.diffusers SCRIPT --blockskip_plan PLAN [SCRIPT ARGUMENTS ...]
@@ -36,63 +32,18 @@ trained at the plan's patches.min_size. Pass --resolution equal to the plan's pa
 See docs/trainers/diffusers.md."""
 
 
-@dataclass
-class AdapterArguments:
-    script: str
-    plan: str
-    dynamic_patches: bool = True
-    quiet: bool = False
-    script_args: list[str] = field(default_factory=list)
-
-
 def split_arguments(argv: list[str]) -> AdapterArguments:
     """Take the adapter's flags out of `argv`; the rest is the script and its arguments."""
-    values: dict[str, str | bool] = {}
-    rest: list[str] = []
-    items = iter(argv)
-    for item in items:
-        if not item.startswith(PREFIX):
-            rest.append(item)
-            continue
-        name, has_value, value = item[len(PREFIX):].partition("=")
-        if name == "quiet":
-            values[name] = True
-            continue
-        if name not in ("plan", "patches"):
-            raise ScriptAdapterError(f"unknown blockskip flag {item.split('=')[0]} (known: --blockskip_plan, "
-                                     "--blockskip_patches, --blockskip_quiet)")
-        if not has_value:
-            value = next(items, None)
-            if value is None or value.startswith("--"):
-                raise ScriptAdapterError(f"{PREFIX}{name} needs a value")
-        values[name] = value
-    if not rest or rest[0].startswith("-"):
-        raise ScriptAdapterError("name the training script first, e.g. train_dreambooth_lora_flux.py")
-    if "plan" not in values:
-        raise ScriptAdapterError("--blockskip_plan PLAN is required (a plan file, see docs/plan.md)")
-    patches = values.get("patches", "dynamic")
-    if patches not in ("dynamic", "off"):
-        raise ScriptAdapterError(f"--blockskip_patches must be dynamic or off, not {patches!r}")
-    return AdapterArguments(rest[0], str(values["plan"]), patches == "dynamic", bool(values.get("quiet")), rest[1:])
+    return split_script_arguments(
+        argv, ScriptAdapterError, "name the training script first, e.g. train_dreambooth_lora_flux.py"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return 0 if argv else 2
+    return run_main(argv, USAGE, _start, ScriptAdapterError)
+
+
+def _start(argv: list[str]) -> None:
     from .runner import run_script  # imports diffusers; keep --help fast
 
-    try:
-        arguments = split_arguments(argv)
-        run_script(
-            arguments.script,
-            arguments.script_args,
-            arguments.plan,
-            dynamic_patches=arguments.dynamic_patches,
-            verbose=not arguments.quiet,
-        )
-    except (ScriptAdapterError, BlockSkipPlanError, BlockSkipError) as error:
-        print(f"blockskip: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    split_arguments(argv).run_with(run_script)

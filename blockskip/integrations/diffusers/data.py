@@ -41,8 +41,8 @@ from torch.utils.data import DataLoader
 from ...collator import DynamicPatchCollator
 from ...conventions import TimestepConvention
 from ...timesteps import sampler_from_diffusers_args
+from ..patching import Patches
 from .errors import ScriptAdapterError
-from .patching import Patches
 from .session import ScriptSession
 
 IMAGE_KEYS = ("instance_images", "class_images")  # the scripts' collate concatenates them in this order

@@ -43,8 +43,8 @@ from typing import Any
 
 import torch
 
+from ..patching import Patches
 from .errors import ScriptAdapterError
-from .patching import Patches
 from .session import ScriptSession
 
 TRAINING_UTILS = "diffusers.training_utils"

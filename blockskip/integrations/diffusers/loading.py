@@ -30,9 +30,9 @@ from typing import Any
 from torch import nn
 
 from ...skip import apply_block_skip
+from ..patching import Patches
 from .checks import check_lora_layers
 from .families import FAMILIES, family_for_class
-from .patching import Patches
 from .session import ScriptSession
 from .validation import guard_intermediate_validation
 

@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import os
 import runpy
-import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from ...plan import BlockSkipPlan
+from ..patching import Patches
+from ..scripts import as_script, script_path
 from .arguments import install_argument_hook
 from .checks import check_plan
 from .data import install_data_hook
 from .density import install_density_hook
 from .errors import ScriptAdapterError
 from .loading import install_loading_hook
-from .patching import Patches
 from .saving import install_saving_hook
 from .session import ScriptSession
 
@@ -45,11 +43,9 @@ def run_script(
     """
     plan = BlockSkipPlan.coerce(plan)
     check_plan(plan)
-    script = Path(script).resolve()
-    if not script.is_file():
-        raise ScriptAdapterError(f"no training script at {script}")
+    script = script_path(script, ScriptAdapterError)
     session = ScriptSession(plan, dynamic_patches=dynamic_patches, script=script, verbose=verbose)
-    with Patches() as patches, _as_main(script, script_args):
+    with Patches() as patches, as_script(script, script_args):
         install_argument_hook(patches, session)
         install_loading_hook(patches, session)
         install_saving_hook(patches, session)
@@ -67,19 +63,6 @@ def run_script(
         )
         session.log(f"done: {steps}, {len(summary['plan_files'])} plan file(s) written")
     return session
-
-
-@contextmanager
-def _as_main(script: Path, script_args: Sequence[str]) -> Iterator[None]:
-    """`sys.argv` and `sys.path[0]` as `python script.py args...` would set them."""
-    saved_argv, saved_path = sys.argv[:], sys.path[:]
-    sys.argv = [str(script), *script_args]
-    sys.path.insert(0, str(script.parent))
-    try:
-        yield
-    finally:
-        sys.argv[:] = saved_argv
-        sys.path[:] = saved_path
 
 
 def _check_the_run(session: ScriptSession) -> None:

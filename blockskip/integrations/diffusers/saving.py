@@ -16,9 +16,9 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+from ..patching import Patches
 from .errors import ScriptAdapterError
 from .families import FAMILIES
-from .patching import Patches
 from .session import ScriptSession
 
 

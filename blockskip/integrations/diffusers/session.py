@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 
 from ...plan import BlockSkipPlan
 from ...skip import BlockSkipHandle
+from ..messages import log_line
 from .families import ScriptFamily
 
 _MIXED_PRECISION_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -45,8 +45,7 @@ class ScriptSession:
 
     def log(self, message: str) -> None:
         """One line on stderr, from the local main process only."""
-        if self.verbose and os.environ.get("LOCAL_RANK", "0") == "0":
-            print(f"[blockskip] {message}", file=sys.stderr, flush=True)
+        log_line(message, self.verbose)
 
     def weight_dtype(self) -> torch.dtype | None:
         """The dtype the script will cast its transformer to (`--mixed_precision`, else accelerate's config).

@@ -12,21 +12,23 @@ pipeline and the saved LoRA, so it never sees blockskip.
   stand-ins to online residuals for the duration of the call; with `offload "drop"` the original
   blocks are gone and intermediate validation is switched off with a warning.
 
-The wrapper lives in the script's own globals (its module dies with the run).
+The wrapper lives in the script's own globals (its module dies with the run); the switch itself
+is `blockskip.integrations.full_model`.
 
 Example:
-    >>> import torch
     >>> from diffusers import FluxTransformer2DModel
     >>> from blockskip import apply_block_skip
+    >>> from blockskip.integrations.diffusers.session import ScriptSession
     >>> model = FluxTransformer2DModel(num_layers=1, num_single_layers=2, attention_head_dim=8,
     ...     num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=8, in_channels=8,
     ...     axes_dims_rope=(2, 2, 4))
     >>> handle = apply_block_skip(model, {"skip": {"leading": 1}, "residuals": {"mode": "none"}})
-    >>> with full_model(model):
-    ...     [block.slot.mode for block in model.transformer_blocks]
-    ['online']
-    >>> [block.slot.mode for block in model.transformer_blocks]
-    ['none']
+    >>> def log_validation(pipeline, is_final_validation=False):
+    ...     return model.transformer_blocks[0].slot.mode
+    >>> script_globals = {"log_validation": log_validation}
+    >>> guard_intermediate_validation(script_globals, model, handle, ScriptSession(handle.plan, verbose=False))
+    >>> script_globals["log_validation"](None), script_globals["log_validation"](None, is_final_validation=True)
+    ('online', 'none')
 """
 
 from __future__ import annotations
@@ -34,32 +36,15 @@ from __future__ import annotations
 import functools
 import inspect
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from torch import nn
 
-from ...skip import BlockSkipHandle, iter_stand_ins
+from ...skip import BlockSkipHandle
+from ..full_model import full_model
 from .session import ScriptSession
 
 _WRAPPED = "_blockskip_validation_guard"
-
-
-@contextmanager
-def full_model(model: nn.Module) -> Iterator[None]:
-    """Make every stand-in of `model` compute its original block (online residuals) inside the block."""
-    stand_ins = list(iter_stand_ins(model))
-    if any(block.slot.original is None for block in stand_ins):
-        raise RuntimeError('the skipped blocks were dropped (offload "drop"); the full model cannot be rebuilt')
-    modes = [block.slot.mode for block in stand_ins]
-    try:
-        for block in stand_ins:
-            block.slot.mode = "online"
-        yield
-    finally:
-        for block, mode in zip(stand_ins, modes):
-            block.slot.mode = mode
 
 
 def guard_intermediate_validation(

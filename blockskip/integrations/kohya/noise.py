@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
+from ..patching import Patches
 from .errors import KohyaAdapterError
-from .patching import Patches
 
 FUNCTION = "get_noisy_model_input_and_timesteps"
 

@@ -26,6 +26,7 @@ from types import ModuleType
 from typing import Any
 
 from ...plan import BlockSkipPlan
+from ..scripts import as_script, script_path
 from .checks import check_args, check_plan
 from .errors import KohyaAdapterError
 from .session import KohyaSession
@@ -47,9 +48,7 @@ def run_training(
     """
     plan = BlockSkipPlan.coerce(plan)
     check_plan(plan)
-    script = Path(script).resolve()
-    if not script.is_file():
-        raise KohyaAdapterError(f"no training script at {script}")
+    script = script_path(script, KohyaAdapterError)
     session = KohyaSession(plan, dynamic_patches=dynamic_patches, script=script, verbose=verbose)
     with _as_script(script, script_args):
         module = _import_script(script)
@@ -69,15 +68,11 @@ def run_training(
 @contextmanager
 def _as_script(script: Path, script_args: Sequence[str]) -> Iterator[None]:
     """`sys.argv`, `sys.path[0]` and `sys.modules[stem]` as for `python script.py args...`, restored after."""
-    saved_argv, saved_path = sys.argv[:], sys.path[:]
     saved_module = sys.modules.get(script.stem)
-    sys.argv = [str(script), *script_args]
-    sys.path.insert(0, str(script.parent))
     try:
-        yield
+        with as_script(script, script_args):
+            yield
     finally:
-        sys.argv[:] = saved_argv
-        sys.path[:] = saved_path
         if saved_module is None:
             sys.modules.pop(script.stem, None)
         else:

@@ -13,13 +13,12 @@ Example:
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...plan import BlockSkipPlan
 from ...skip import BlockSkipHandle
+from ..messages import log_line
 from .crops import BatchCrops
 from .layout import kohya_plan, register_kohya_flux
 
@@ -42,5 +41,4 @@ class KohyaSession:
 
     def log(self, message: str) -> None:
         """One line on stderr, from the local main process only."""
-        if self.verbose and os.environ.get("LOCAL_RANK", "0") == "0":
-            print(f"[blockskip] {message}", file=sys.stderr, flush=True)
+        log_line(message, self.verbose)

@@ -11,21 +11,21 @@ own `FluxNetworkTrainer` (whatever the loaded checkout defines) and overrides fi
 - `process_batch` (training only): the batch's images, or cached latents, are cropped at each
   sample's noise level (`crops.BatchCrops`) before kohya encodes them;
 - `get_noise_pred_and_target`: noised at those levels (`noise.at_noise_levels`);
-- `sample_images`: with residuals "none", sample on the full model (`full_model`).
+- `sample_images`: with residuals "none", sample on the full model
+  (`blockskip.integrations.full_model`).
 
 Everything else, the loop included, is the script's own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
 from torch import nn
 
 from ...skip import apply_block_skip, iter_stand_ins
+from ..full_model import full_model
 from .checks import check_dataset_resolution
 from .crops import NOISE_LEVEL_KEY, BatchCrops
 from .density import kohya_sampler
@@ -53,22 +53,6 @@ def skip_kohya_flux(model: nn.Module, session: KohyaSession) -> None:
         stand_in.enable_gradient_checkpointing = _no_checkpointing
         stand_in.disable_gradient_checkpointing = _no_checkpointing
     session.log(session.handle.summary())
-
-
-@contextmanager
-def full_model(model: nn.Module) -> Iterator[None]:
-    """Make every stand-in of `model` compute its original block (online residuals) inside the block."""
-    stand_ins = list(iter_stand_ins(model))
-    if any(block.slot.original is None for block in stand_ins):
-        raise KohyaAdapterError('the skipped blocks were dropped (offload "drop"); the full model cannot be rebuilt')
-    modes = [block.slot.mode for block in stand_ins]
-    try:
-        for block in stand_ins:
-            block.slot.mode = "online"
-        yield
-    finally:
-        for block, mode in zip(stand_ins, modes):
-            block.slot.mode = mode
 
 
 def make_trainer_class(script: ModuleType, session: KohyaSession) -> type:
@@ -124,7 +108,7 @@ def make_trainer_class(script: ModuleType, session: KohyaSession) -> type:
             if any(block.slot.original is None for block in iter_stand_ins(flux)):
                 session.log('sampling skipped: with residuals "none" and offload "drop" the full model is gone')
                 return None
-            with full_model(flux):
+            with full_model(flux, KohyaAdapterError):
                 return call(accelerator, args, epoch, global_step, device, ae, tokenizer, text_encoder, flux)
 
     BlockSkipFluxNetworkTrainer.__qualname__ = BlockSkipFluxNetworkTrainer.__name__

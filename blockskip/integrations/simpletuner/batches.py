@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from ...collator import LatentPatchCollator
-from ..diffusers.patching import Patches
+from ..patching import Patches
 from .errors import SimpleTunerAdapterError
 from .session import TrainingSession
 

@@ -28,11 +28,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...plan import BlockSkipPlanError
-from ...skip import BlockSkipError
+from ..flags import plan_and_patches, take_flags
+from ..main import run_main
 from .errors import SimpleTunerAdapterError
 
-PREFIX = "--blockskip_"
 BACKENDS = {".json": "json", ".toml": "toml", ".env": "env"}
 USAGE = """usage: python -m blockskip.integrations.simpletuner --blockskip_plan PLAN [--blockskip_config FILE]
                                                 [--blockskip_patches {dynamic,off}] [--blockskip_quiet]
@@ -57,32 +56,8 @@ class AdapterArguments:
 
 def split_arguments(argv: list[str]) -> AdapterArguments:
     """Take the adapter's flags out of `argv`; the rest is SimpleTuner's options."""
-    values: dict[str, str | bool] = {}
-    rest: list[str] = []
-    items = iter(argv)
-    for item in items:
-        if not item.startswith(PREFIX):
-            rest.append(item)
-            continue
-        name, has_value, value = item[len(PREFIX):].partition("=")
-        if name == "quiet":
-            values[name] = True
-            continue
-        if name not in ("plan", "config", "patches"):
-            raise SimpleTunerAdapterError(
-                f"unknown blockskip flag {item.split('=')[0]} (known: --blockskip_plan, --blockskip_config, "
-                "--blockskip_patches, --blockskip_quiet)"
-            )
-        if not has_value:
-            value = next(items, None)
-            if value is None or value.startswith("--"):
-                raise SimpleTunerAdapterError(f"{PREFIX}{name} needs a value")
-        values[name] = value
-    if "plan" not in values:
-        raise SimpleTunerAdapterError("--blockskip_plan PLAN is required (a plan file, see docs/plan.md)")
-    patches = values.get("patches", "dynamic")
-    if patches not in ("dynamic", "off"):
-        raise SimpleTunerAdapterError(f"--blockskip_patches must be dynamic or off, not {patches!r}")
+    values, rest = take_flags(argv, ("plan", "config", "patches"), SimpleTunerAdapterError)
+    plan, dynamic_patches, quiet = plan_and_patches(values, SimpleTunerAdapterError)
     config = values.get("config")
     if config is not None and rest:
         raise SimpleTunerAdapterError(
@@ -91,7 +66,7 @@ def split_arguments(argv: list[str]) -> AdapterArguments:
         )
     if config is not None and Path(str(config)).suffix not in BACKENDS:
         raise SimpleTunerAdapterError(f"--blockskip_config {config}: SimpleTuner reads .json, .toml or .env files")
-    return AdapterArguments(str(values["plan"]), config, patches == "dynamic", bool(values.get("quiet")), rest)
+    return AdapterArguments(plan, config, dynamic_patches, quiet, rest)
 
 
 @contextmanager
@@ -120,17 +95,12 @@ def config_source(arguments: AdapterArguments) -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return 0 if argv else 2
+    return run_main(argv, USAGE, _start, SimpleTunerAdapterError)
+
+
+def _start(argv: list[str]) -> None:
     from .runner import run_training  # imports SimpleTuner; keep --help fast
 
-    try:
-        arguments = split_arguments(argv)
-        with config_source(arguments):
-            run_training(None, arguments.plan, dynamic_patches=arguments.dynamic_patches, verbose=not arguments.quiet)
-    except (SimpleTunerAdapterError, BlockSkipPlanError, BlockSkipError) as error:
-        print(f"blockskip: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    arguments = split_arguments(argv)
+    with config_source(arguments):
+        run_training(None, arguments.plan, dynamic_patches=arguments.dynamic_patches, verbose=not arguments.quiet)

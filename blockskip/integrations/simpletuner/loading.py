@@ -23,7 +23,7 @@ import functools
 from typing import Any
 
 from ...skip import apply_block_skip, get_block_skip
-from ..diffusers.patching import Patches
+from ..patching import Patches
 from .errors import SimpleTunerAdapterError
 from .families import register_trainer_blocks
 from .session import TrainingSession

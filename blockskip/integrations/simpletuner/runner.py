@@ -24,7 +24,7 @@ import os
 from typing import Any
 
 from ...plan import BlockSkipPlan
-from ..diffusers.patching import Patches
+from ..patching import Patches
 from .batches import install_batch_hook
 from .checks import check_config, check_plan
 from .errors import SimpleTunerAdapterError

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..diffusers.patching import Patches
+from ..patching import Patches
 from .errors import SimpleTunerAdapterError
 from .session import TrainingSession
 

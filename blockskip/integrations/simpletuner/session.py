@@ -12,14 +12,13 @@ Example:
 
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ...plan import BlockSkipPlan
 from ...skip import BlockSkipHandle
+from ..messages import log_line
 from .families import TrainerFamily
 
 
@@ -42,5 +41,4 @@ class TrainingSession:
 
     def log(self, message: str) -> None:
         """One line on stderr, from the local main process only."""
-        if self.verbose and os.environ.get("LOCAL_RANK", "0") == "0":
-            print(f"[blockskip] {message}", file=sys.stderr, flush=True)
+        log_line(message, self.verbose)

@@ -37,7 +37,7 @@ from torch import nn
 
 from ...lora import lora_target_modules
 from ...skip import get_block_skip
-from ..diffusers.patching import Patches
+from ..patching import Patches
 from .errors import SimpleTunerAdapterError
 from .session import TrainingSession
 

@@ -1,4 +1,8 @@
-"""Reversible attribute patches: everything the adapter changes in upstream code is undone.
+"""Reversible attribute patches: set anything on a class or module, undo it all in reverse order.
+
+The adapters patch upstream code only for the duration of one run. Every patch records whether
+the owner held the attribute itself or inherited it, so undoing restores the exact previous
+state (an inherited method is deleted again rather than copied down).
 
 Example:
     >>> import types
