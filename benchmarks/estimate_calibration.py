@@ -48,9 +48,22 @@ _TINY = {
                                            text_embed_dim=24, pooled_projection_dim=12, rope_axes_dim=[8, 12, 12]),
     "LTXVideoTransformer3DModel": dict(num_layers=4, attention_head_dim=32, num_attention_heads=2, in_channels=8,
                                        out_channels=8, cross_attention_dim=64, caption_channels=24),
+    "Flux2Transformer2DModel": dict(num_layers=3, num_single_layers=4, attention_head_dim=32, num_attention_heads=2,
+                                    in_channels=16, joint_attention_dim=24, timestep_guidance_channels=32,
+                                    axes_dims_rope=[8, 8, 8, 8]),
+    "CogVideoXTransformer3DModel": dict(num_layers=4, attention_head_dim=32, num_attention_heads=2, in_channels=4,
+                                        out_channels=4, time_embed_dim=16, text_embed_dim=24, sample_width=8,
+                                        sample_height=8, sample_frames=5, max_text_seq_length=7),
+    "Lumina2Transformer2DModel": dict(num_layers=4, num_refiner_layers=1, hidden_size=64, num_attention_heads=2,
+                                      num_kv_heads=1, multiple_of=16, in_channels=4, sample_size=8, cap_feat_dim=24,
+                                      axes_dim_rope=[8, 12, 12], axes_lens=[32, 32, 32]),
+    "AuraFlowTransformer2DModel": dict(num_mmdit_layers=3, num_single_dit_layers=4, attention_head_dim=32,
+                                       num_attention_heads=2, in_channels=4, out_channels=4, sample_size=8,
+                                       joint_attention_dim=24, caption_projection_dim=64, pos_embed_max_size=16),
 }
 _SIDE = {"SanaTransformer2DModel": 128, "LTXVideoTransformer3DModel": 128}
-_FRAMES = {"WanTransformer3DModel": 5, "HunyuanVideoTransformer3DModel": 5, "LTXVideoTransformer3DModel": 9}
+_FRAMES = {"WanTransformer3DModel": 5, "HunyuanVideoTransformer3DModel": 5, "LTXVideoTransformer3DModel": 9,
+           "CogVideoXTransformer3DModel": 5}
 
 # Small: a FLUX-architecture model of ~110M parameters at 256 px (256 image + 64 text tokens).
 _SMALL_FLUX = dict(num_layers=4, num_single_layers=8, attention_head_dim=64, num_attention_heads=8, in_channels=64,
@@ -83,11 +96,14 @@ def _row(label: str, plan_name: str, model: dict, device: str, allocator: bool, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="FLUX and Wan only, no small model")
+    parser.add_argument("--families", help="comma-separated class names (default: all); no small model")
     args = parser.parse_args()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"{'model':32}  {'plan':14}  {'dev':5}  {'measured':>10}  {'estimate':>10}  {'error':>7}  "
           f"{'allocator':>10}  {'error':>7}")
     families = ["FluxTransformer2DModel", "WanTransformer3DModel"] if args.quick else list(_TINY)
+    if args.families:
+        families = args.families.split(",")
     for device in devices:
         for name in families:
             model = {"_class_name": name, **_TINY[name]}
@@ -95,7 +111,7 @@ def main() -> None:
             for plan_name in ("no skip", "skip", "skip+ckpt", "skip+fp8", "skip+fp8+ckpt"):
                 if device == "cpu" or "fp8" not in plan_name or torch.cuda.get_device_capability()[0] >= 8:
                     _row(f"tiny {name.removesuffix('Model')}", plan_name, model, device, device == "cpu", **options)
-        if not args.quick:
+        if not (args.quick or args.families):
             small = {"_class_name": "FluxTransformer2DModel", **_SMALL_FLUX}
             for plan_name in ("no skip", "skip", "skip+ckpt", "skip+fp8+ckpt"):
                 dtype = "bfloat16" if device == "cuda" else "float32"

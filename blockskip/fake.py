@@ -107,10 +107,20 @@ def fakeify(
             if buffer.is_floating_point() and buffer.dtype == torch.float32 and not _keep_fp32(keep, full_name):
                 target = dtype
             module._buffers[name] = _fake_like(buffer, target, mode)
-        # Plain tensor attributes (QwenImage keeps its RoPE tables this way) built on meta.
+        # Plain tensor attributes built on meta: QwenImage keeps its RoPE tables this way, Lumina2
+        # a list of them.
         for name, value in list(vars(module).items()):
             if isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor):
                 setattr(module, name, _fake_like(value, value.dtype, mode))
+            elif isinstance(value, (list, tuple)) and any(
+                isinstance(item, torch.Tensor) and not isinstance(item, FakeTensor) for item in value
+            ):
+                items = [
+                    _fake_like(item, item.dtype, mode)
+                    if isinstance(item, torch.Tensor) and not isinstance(item, FakeTensor) else item
+                    for item in value
+                ]
+                setattr(module, name, type(value)(items) if isinstance(value, list) else tuple(items))
     allow_fake_moves(model)
     return model
 

@@ -13,7 +13,7 @@ Example:
     >>> get_preset("flux-dev")
     Traceback (most recent call last):
     ...
-    blockskip.presets.UnknownModelError: unknown model 'flux-dev': not a preset, and no config.json at that path. Presets: flux.1-dev, flux.1-schnell, sd3.5-large, sd3.5-medium, sana-1600m, sana-600m, qwen-image, wan2.1-1.3b, wan2.1-14b, hunyuanvideo, ltx-video, chroma
+    blockskip.presets.UnknownModelError: unknown model 'flux-dev': not a preset, and no config.json at that path. Presets: flux.1-dev, flux.1-schnell, sd3.5-large, sd3.5-medium, sana-1600m, sana-600m, qwen-image, wan2.1-1.3b, wan2.1-14b, hunyuanvideo, ltx-video, chroma, flux.2-dev, flux.2-klein-4b, flux.2-klein-9b, lumina-image-2.0, cogvideox-2b, cogvideox-5b
 """
 
 from __future__ import annotations
@@ -111,6 +111,20 @@ _WAN = {
     "eps": 1e-6,
     "added_kv_proj_dim": None,
 }
+
+_FLUX2_SOURCE = (
+    "black-forest-labs/{repo}: diffusers' scripts/convert_flux2_to_diffusers.py "
+    "get_flux2_transformer_config('{key}'); text: 512 tokens (Flux2Pipeline / Flux2KleinPipeline max_sequence_length)"
+)
+_FLUX2 = {
+    "_class_name": "Flux2Transformer2DModel", "patch_size": 1, "in_channels": 128, "attention_head_dim": 128,
+    "timestep_guidance_channels": 256, "mlp_ratio": 3.0, "axes_dims_rope": [32, 32, 32, 32], "rope_theta": 2000,
+    "eps": 1e-6,
+}
+_COGVIDEOX_SOURCE = (
+    "THUDM/{repo}: diffusers' scripts/convert_cogvideox_to_diffusers.py (CogVideoXTransformer3DModel defaults with "
+    "num_layers, num_attention_heads and RoPE as its comments give for {size}); text: 226 T5 tokens; 49 frames (sample_frames)"
+)
 
 PRESETS: dict[str, ModelPreset] = {
     preset.name: preset
@@ -248,6 +262,73 @@ PRESETS: dict[str, ModelPreset] = {
             256,
             512,
             aliases=("lodestones/Chroma1-HD", "chroma1-hd"),
+        ),
+        ModelPreset(
+            "flux.2-dev",
+            {**_FLUX2, "num_layers": 8, "num_single_layers": 48, "num_attention_heads": 48,
+             "joint_attention_dim": 15360, "guidance_embeds": True},
+            _FLUX2_SOURCE.format(repo="FLUX.2-dev", key="flux2-dev"),
+            512,
+            256,
+            512,
+            aliases=("black-forest-labs/FLUX.2-dev", "flux2-dev"),
+        ),
+        ModelPreset(
+            "flux.2-klein-4b",
+            {**_FLUX2, "num_layers": 5, "num_single_layers": 20, "num_attention_heads": 24,
+             "joint_attention_dim": 7680, "guidance_embeds": False},
+            _FLUX2_SOURCE.format(repo="FLUX.2-klein-4B", key="klein-4b"),
+            512,
+            256,
+            512,
+            aliases=("black-forest-labs/FLUX.2-klein-4B", "black-forest-labs/FLUX.2-klein-base-4B", "flux2-klein-4b"),
+        ),
+        ModelPreset(
+            "flux.2-klein-9b",
+            {**_FLUX2, "num_layers": 8, "num_single_layers": 24, "num_attention_heads": 32,
+             "joint_attention_dim": 12288, "guidance_embeds": False},
+            _FLUX2_SOURCE.format(repo="FLUX.2-klein-9B", key="klein-9b"),
+            512,
+            256,
+            512,
+            aliases=("black-forest-labs/FLUX.2-klein-9B", "black-forest-labs/FLUX.2-klein-base-9B", "flux2-klein-9b"),
+        ),
+        ModelPreset(
+            "lumina-image-2.0",
+            {"_class_name": "Lumina2Transformer2DModel", "sample_size": 128, "patch_size": 2, "in_channels": 16,
+             "out_channels": None, "hidden_size": 2304, "num_layers": 26, "num_refiner_layers": 2,
+             "num_attention_heads": 24, "num_kv_heads": 8, "multiple_of": 256, "ffn_dim_multiplier": None,
+             "norm_eps": 1e-5, "scaling_factor": 1.0, "axes_dim_rope": [32, 32, 32], "axes_lens": [300, 512, 512],
+             "cap_feat_dim": 2304},
+            "Alpha-VLLM/Lumina-Image-2.0 transformer/config.json as re-typed in public loaders (= "
+            "Lumina2Transformer2DModel defaults in diffusers 0.42 but cap_feat_dim 2304, Gemma-2-2B's width); "
+            "text: 256 Gemma tokens (Lumina2Pipeline max_sequence_length)",
+            1024,
+            512,
+            256,
+            aliases=("Alpha-VLLM/Lumina-Image-2.0", "lumina2"),
+        ),
+        ModelPreset(
+            "cogvideox-2b",
+            {"_class_name": "CogVideoXTransformer3DModel", "num_layers": 30, "num_attention_heads": 30,
+             "use_rotary_positional_embeddings": False},
+            _COGVIDEOX_SOURCE.format(repo="CogVideoX-2b", size="2B"),
+            512,
+            256,
+            226,
+            frames=49,
+            aliases=("THUDM/CogVideoX-2b", "zai-org/CogVideoX-2b"),
+        ),
+        ModelPreset(
+            "cogvideox-5b",
+            {"_class_name": "CogVideoXTransformer3DModel", "num_layers": 42, "num_attention_heads": 48,
+             "use_rotary_positional_embeddings": True},
+            _COGVIDEOX_SOURCE.format(repo="CogVideoX-5b", size="5B"),
+            512,
+            256,
+            226,
+            frames=49,
+            aliases=("THUDM/CogVideoX-5b", "zai-org/CogVideoX-5b"),
         ),
     )
 }

@@ -1,17 +1,22 @@
 """What a training step feeds a model: forward arguments and the regression target, per family.
 
 Each supported family gets the arguments its diffusers training script or pipeline passes — packed
-latent tokens and position ids for FLUX, a latent image for SD3 and Sana, a latent video for Wan
-and HunyuanVideo, patchified video tokens for LTX-Video — sized from the training resolution,
-frame count, text length and batch size. Tensors are made with ordinary factory functions, so
-under `FakeTensorMode` they are fake and cost nothing.
+latent tokens and position ids for FLUX.1 and FLUX.2, a latent image for SD3, Sana, Lumina2 and
+AuraFlow, a latent video for Wan, HunyuanVideo and CogVideoX, patchified video tokens for
+LTX-Video — sized from the training resolution, frame count, text length and batch size. The
+builders live in `blockskip.image_inputs` and `blockskip.video_inputs`. Tensors are made with
+ordinary factory functions, so under `FakeTensorMode` they are fake and cost nothing.
 
 | family | pixels per token (spatial) | frames per latent frame | text default |
 |---|---|---|---|
 | FLUX.1, Chroma, QwenImage | 16 (VAE 8 × 2×2 packing) | — | 512 |
+| FLUX.2 | 16 (VAE 8 × 2×2 packing) | — | 512 (Mistral / Qwen3) |
 | SD3 / SD3.5 | 16 (VAE 8 × patch 2) | — | 333 (77 CLIP + 256 T5) |
 | Sana | 32 (DC-AE 32 × patch 1) | — | 300 |
+| Lumina 2 | 16 (VAE 8 × patch 2) | — | 256 (Gemma) |
+| AuraFlow | 16 (VAE 8 × patch 2) | — | 256 (Pile-T5) |
 | Wan 2.1, HunyuanVideo | 16 (VAE 8 × patch 2) | 4 | 512 / 256 |
+| CogVideoX | 16 (VAE 8 × patch 2) | 4 | 226 (T5) |
 | LTX-Video | 32 (VAE 32 × patch 1) | 8 | 128 |
 
 Example:
@@ -31,6 +36,9 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from . import image_inputs as image
+from . import video_inputs as video
 
 
 @dataclass(frozen=True)
@@ -52,133 +60,19 @@ class Family:
     build: Callable[[nn.Module, StepShape, torch.dtype], tuple[dict[str, Any], tuple[int, ...]]]
 
 
-def _randn(*shape: int, dtype: torch.dtype) -> torch.Tensor:
-    return torch.randn(*shape, dtype=dtype)
-
-
-def _timesteps(batch: int, scale: float) -> torch.Tensor:
-    return torch.rand(batch) * scale
-
-
-def _grid(shape: StepShape, pixels: int) -> tuple[int, int]:
-    return shape.height // pixels, shape.width // pixels
-
-
-def _latent_frames(shape: StepShape, per_latent: int) -> int:
-    return (shape.frames - 1) // per_latent + 1
-
-
-def _flux_ids(h: int, w: int, text_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    image = torch.zeros(h, w, 3)
-    image[..., 1] = torch.arange(h)[:, None]
-    image[..., 2] = torch.arange(w)[None, :]
-    return torch.zeros(text_length, 3), image.reshape(h * w, 3)
-
-
-def _flux(model, shape, dtype):
-    c, (h, w), batch = model.config, _grid(shape, 16), shape.batch_size
-    txt_ids, img_ids = _flux_ids(h, w, shape.text_length)
-    kwargs = dict(
-        hidden_states=_randn(batch, h * w, c.in_channels, dtype=dtype),
-        encoder_hidden_states=_randn(batch, shape.text_length, c.joint_attention_dim, dtype=dtype),
-        timestep=_timesteps(batch, 1.0).to(dtype),
-        img_ids=img_ids,
-        txt_ids=txt_ids,
-    )
-    if "pooled_projection_dim" in c:
-        kwargs["pooled_projections"] = _randn(batch, c.pooled_projection_dim, dtype=dtype)
-    if c.get("guidance_embeds", False):
-        kwargs["guidance"] = torch.full((batch,), 3.5, dtype=dtype)
-    return kwargs, (batch, h * w, c.out_channels or c.in_channels)
-
-
-def _sd3(model, shape, dtype):
-    c, batch = model.config, shape.batch_size
-    h, w = shape.height // 8, shape.width // 8
-    kwargs = dict(
-        hidden_states=_randn(batch, c.in_channels, h, w, dtype=dtype),
-        encoder_hidden_states=_randn(batch, shape.text_length, c.joint_attention_dim, dtype=dtype),
-        pooled_projections=_randn(batch, c.pooled_projection_dim, dtype=dtype),
-        timestep=_timesteps(batch, 1000.0),
-    )
-    return kwargs, (batch, c.out_channels, h, w)
-
-
-def _sana(model, shape, dtype):
-    c, batch = model.config, shape.batch_size
-    h, w = shape.height // 32, shape.width // 32
-    kwargs = dict(
-        hidden_states=_randn(batch, c.in_channels, h, w, dtype=dtype),
-        encoder_hidden_states=_randn(batch, shape.text_length, c.caption_channels, dtype=dtype),
-        encoder_attention_mask=torch.ones(batch, shape.text_length, dtype=torch.long),
-        timestep=_timesteps(batch, 1000.0),
-    )
-    return kwargs, (batch, c.out_channels, h, w)
-
-
-def _qwen(model, shape, dtype):
-    c, (h, w), batch = model.config, _grid(shape, 16), shape.batch_size
-    kwargs = dict(
-        hidden_states=_randn(batch, h * w, c.in_channels, dtype=dtype),
-        encoder_hidden_states=_randn(batch, shape.text_length, c.joint_attention_dim, dtype=dtype),
-        encoder_hidden_states_mask=torch.ones(batch, shape.text_length, dtype=torch.long),
-        timestep=_timesteps(batch, 1.0).to(dtype),
-        img_shapes=[[(1, h, w)]] * batch,
-    )
-    return kwargs, (batch, h * w, c.patch_size**2 * c.out_channels)
-
-
-def _wan(model, shape, dtype):
-    c, batch = model.config, shape.batch_size
-    frames, h, w = _latent_frames(shape, 4), shape.height // 8, shape.width // 8
-    kwargs = dict(
-        hidden_states=_randn(batch, c.in_channels, frames, h, w, dtype=dtype),
-        timestep=_timesteps(batch, 1000.0),
-        encoder_hidden_states=_randn(batch, shape.text_length, c.text_dim, dtype=dtype),
-    )
-    return kwargs, (batch, c.out_channels, frames, h, w)
-
-
-def _hunyuan(model, shape, dtype):
-    c, batch = model.config, shape.batch_size
-    frames, h, w = _latent_frames(shape, 4), shape.height // 8, shape.width // 8
-    kwargs = dict(
-        hidden_states=_randn(batch, c.in_channels, frames, h, w, dtype=dtype),
-        timestep=_timesteps(batch, 1000.0),
-        encoder_hidden_states=_randn(batch, shape.text_length, c.text_embed_dim, dtype=dtype),
-        encoder_attention_mask=torch.ones(batch, shape.text_length, dtype=torch.long),
-        pooled_projections=_randn(batch, c.pooled_projection_dim, dtype=dtype),
-    )
-    if c.guidance_embeds:
-        kwargs["guidance"] = torch.full((batch,), 6000.0, dtype=dtype)
-    return kwargs, (batch, c.out_channels, frames, h, w)
-
-
-def _ltx(model, shape, dtype):
-    c, (h, w), batch = model.config, _grid(shape, 32), shape.batch_size
-    frames = _latent_frames(shape, 8)
-    kwargs = dict(
-        hidden_states=_randn(batch, frames * h * w, c.in_channels, dtype=dtype),
-        encoder_hidden_states=_randn(batch, shape.text_length, c.caption_channels, dtype=dtype),
-        timestep=_timesteps(batch, 1000.0),
-        encoder_attention_mask=torch.ones(batch, shape.text_length, dtype=torch.long),
-        num_frames=frames,
-        height=h,
-        width=w,
-        rope_interpolation_scale=(8 / 25, 32.0, 32.0),
-    )
-    return kwargs, (batch, frames * h * w, c.out_channels)
-
-
 FAMILIES: dict[str, Family] = {
-    "FluxTransformer2DModel": Family(16, 512, None, _flux),
-    "ChromaTransformer2DModel": Family(16, 512, None, _flux),
-    "QwenImageTransformer2DModel": Family(16, 512, None, _qwen),
-    "SD3Transformer2DModel": Family(16, 333, None, _sd3),
-    "SanaTransformer2DModel": Family(32, 300, None, _sana),
-    "WanTransformer3DModel": Family(16, 512, 4, _wan),
-    "HunyuanVideoTransformer3DModel": Family(16, 256, 4, _hunyuan),
-    "LTXVideoTransformer3DModel": Family(32, 128, 8, _ltx),
+    "FluxTransformer2DModel": Family(16, 512, None, image.flux),
+    "ChromaTransformer2DModel": Family(16, 512, None, image.flux),
+    "Flux2Transformer2DModel": Family(16, 512, None, image.flux2),
+    "QwenImageTransformer2DModel": Family(16, 512, None, image.qwen),
+    "SD3Transformer2DModel": Family(16, 333, None, image.sd3),
+    "SanaTransformer2DModel": Family(32, 300, None, image.sana),
+    "Lumina2Transformer2DModel": Family(16, 256, None, image.lumina2),
+    "AuraFlowTransformer2DModel": Family(16, 256, None, image.auraflow),
+    "WanTransformer3DModel": Family(16, 512, 4, video.wan),
+    "HunyuanVideoTransformer3DModel": Family(16, 256, 4, video.hunyuan),
+    "CogVideoXTransformer3DModel": Family(16, 226, 4, video.cogvideox),
+    "LTXVideoTransformer3DModel": Family(32, 128, 8, video.ltx),
 }
 
 

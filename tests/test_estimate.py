@@ -16,7 +16,8 @@ from blockskip.presets import PRESETS, UnknownModelError, get_preset, resolve_mo
 
 # Input sizes the tiny configs accept (Sana and LTX have 32 pixels per token; video needs frames).
 SIZES = {"SanaTransformer2DModel": 128, "LTXVideoTransformer3DModel": 128}
-FRAMES = {"WanTransformer3DModel": 5, "HunyuanVideoTransformer3DModel": 5, "LTXVideoTransformer3DModel": 9}
+FRAMES = {"WanTransformer3DModel": 5, "HunyuanVideoTransformer3DModel": 5, "LTXVideoTransformer3DModel": 9,
+          "CogVideoXTransformer3DModel": 5}
 SKIP = {"skip": {"leading": 2, "trailing": 1}}
 
 
@@ -36,6 +37,10 @@ CHECKPOINTED = {**SKIP, "kept_blocks": {"gradient_checkpointing": True}}
         ("SD3Transformer2DModel", CHECKPOINTED),
         ("WanTransformer3DModel", CHECKPOINTED),
         ("LTXVideoTransformer3DModel", SKIP),
+        ("Flux2Transformer2DModel", CHECKPOINTED),
+        ("CogVideoXTransformer3DModel", CHECKPOINTED),
+        ("Lumina2Transformer2DModel", CHECKPOINTED),
+        ("AuraFlowTransformer2DModel", CHECKPOINTED),
     ],
 )
 def test_estimate_matches_the_measured_cpu_peak(name, plan):
@@ -44,6 +49,45 @@ def test_estimate_matches_the_measured_cpu_peak(name, plan):
     result = _calibrate(name, plan)
     assert abs(result.error) < 0.10, (result.measured, result.estimated_peak)
     assert abs(result.increase_error) < 0.10, (result.measured, result.estimated_peak)
+
+
+# CogVideoX's other position schemes: 5B's RoPE (CogVideoX 1.0), and 1.5's with frames in patches of
+# 2 (an odd latent frame count is padded) and the image-to-video `ofs` embedding.
+COGVIDEOX_VARIANTS = {  # config changes, frames
+    "rope": (dict(use_rotary_positional_embeddings=True), 5),
+    "1.5 i2v": (dict(use_rotary_positional_embeddings=True, patch_size_t=2, ofs_embed_dim=16, in_channels=8,
+                     sample_height=8, sample_width=8, patch_bias=False), 9),  # 3 latent frames, padded to 4
+}
+
+
+@pytest.mark.parametrize("variant", sorted(COGVIDEOX_VARIANTS))
+def test_cogvideox_position_schemes_match_the_measured_cpu_peak(variant):
+    changes, frames = COGVIDEOX_VARIANTS[variant]
+    model = build_tiny("CogVideoXTransformer3DModel", **changes).model
+    result = calibrate(model, SKIP, resolution=64, frames=frames, text_length=11, batch_size=2)
+    assert abs(result.error) < 0.10 and abs(result.increase_error) < 0.10, (result.measured, result.estimated_peak)
+
+
+@pytest.mark.parametrize("name", ["Flux2Transformer2DModel", "CogVideoXTransformer3DModel",
+                                  "Lumina2Transformer2DModel", "AuraFlowTransformer2DModel"])
+def test_fake_step_runs_for_the_newer_families(name):
+    model = build_tiny(name).model
+    report = estimate_training_memory(model, SKIP, resolution=32, baseline_resolution=64, frames=FRAMES.get(name),
+                                      text_length=7, dtype="float32")
+    assert report.step.forward_flops > 0 and report.step.backward_flops > 0
+    assert report.memory_ratio < 1 and report.flops_ratio < 1
+    assert report.step.skip["leading"] == 2 and report.step.skip["trailing"] == 1
+
+
+def test_builders_refuse_sizes_the_model_cannot_take():
+    cases = [
+        ("AuraFlowTransformer2DModel", dict(resolution=128), "position table"),  # 4x4 grid: 64 px at most
+        ("Lumina2Transformer2DModel", dict(resolution=64, text_length=40), "axes_lens"),  # text axis of 32
+        ("CogVideoXTransformer3DModel", dict(resolution=64, frames=5, text_length=9), "max_text_seq_length"),
+    ]
+    for name, options, message in cases:
+        with pytest.raises(ValueError, match=message):
+            estimate_training_memory(build_tiny(name).model, SKIP, **{"text_length": 7, **options}, baseline=False)
 
 
 def test_fp8_estimate_matches_the_cpu_allocator():
@@ -122,7 +166,9 @@ def test_trades_lower_the_estimate():
 
 def test_every_preset_builds_on_meta():
     expected = {"flux.1-dev": (57, 11.9), "sd3.5-large": (38, 8.06), "sana-1600m": (20, 1.60), "wan2.1-14b": (40, 14.29),
-                "hunyuanvideo": (60, 12.82), "qwen-image": (60, 20.43), "ltx-video": (28, 1.92), "chroma": (57, 8.90)}
+                "hunyuanvideo": (60, 12.82), "qwen-image": (60, 20.43), "ltx-video": (28, 1.92), "chroma": (57, 8.90),
+                "flux.2-dev": (56, 32.22), "flux.2-klein-4b": (25, 3.88), "flux.2-klein-9b": (32, 9.08),
+                "lumina-image-2.0": (26, 2.61), "cogvideox-2b": (30, 1.69), "cogvideox-5b": (42, 5.57)}
     for name, preset in PRESETS.items():
         model = model_from_config(preset.config)
         assert next(model.parameters()).is_meta
