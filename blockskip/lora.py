@@ -16,8 +16,10 @@ Example:
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from torch import nn
 
@@ -57,6 +59,20 @@ def save_lora(model: nn.Module, directory: str | Path, adapter_name: str = "defa
     if handle is None:
         raise BlockSkipError("save_lora needs a model with apply_block_skip applied; use save_lora_adapter otherwise")
     directory = Path(directory)
-    model.save_lora_adapter(directory, adapter_name=adapter_name, weight_name=LORA_WEIGHT_NAME)
+    with _quiet_dtype_cast_warning():
+        model.save_lora_adapter(directory, adapter_name=adapter_name, weight_name=LORA_WEIGHT_NAME)
     handle.save_plan(directory)
     return directory
+
+
+@contextmanager
+def _quiet_dtype_cast_warning() -> Iterator[None]:
+    """`save_lora_adapter` calls `model.to(dtype=None)`, which diffusers reports as a cast that may
+    break fp32 modules; nothing is cast, so that one logger is quiet while it runs."""
+    modeling_logger = logging.getLogger("diffusers.models.modeling_utils")
+    level = modeling_logger.level
+    modeling_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        modeling_logger.setLevel(level)
