@@ -10,11 +10,12 @@ from blockskip.cli import main
 def test_demo_runs_end_to_end(tmp_path, capsys):
     assert main(["demo", "--steps", "4", "--out", str(tmp_path / "demo")]) == 0
     printed = capsys.readouterr().out
-    for row in ("full LoRA", "BlockSkip (online)", "naive skip (no Δ)"):
+    for row in ("pretrained, no LoRA", "full LoRA @32", "skip (online) @32", "BlockSkip (online) @16", "naive skip (no Δ) @16"):
         assert row in printed
     assert "— ok." in printed
     saved = sorted(p.name for p in (tmp_path / "demo" / "lora").iterdir())
     assert saved == ["blockskip_plan.json", "pytorch_lora_weights.safetensors"]
+    assert (tmp_path / "demo" / "samples.png").stat().st_size > 0
 
 
 def test_demo_takes_a_plan(tmp_path, capsys):

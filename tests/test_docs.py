@@ -8,8 +8,8 @@ import pytest
 DOCS = Path(__file__).parent.parent / "docs"
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 SNIPPETS = [
-    pytest.param(code, id=f"{page.name}:{number}")
-    for page in sorted(DOCS.glob("*.md"))
+    pytest.param(code, id=f"{page.relative_to(DOCS)}:{number}")
+    for page in sorted(DOCS.rglob("*.md"))
     for number, code in enumerate(BLOCK.findall(page.read_text()), start=1)
 ]
 

@@ -1,4 +1,4 @@
-"""`blockskip demo`: full LoRA vs BlockSkip vs naive skip on the embedded default model."""
+"""`blockskip demo`: personalize the pretrained shapes DiT with full LoRA, BlockSkip and naive skip."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ import argparse
 
 
 def register(commands) -> None:
-    parser = commands.add_parser("demo", help="train full LoRA, BlockSkip and naive skip on a small FLUX-type model")
-    parser.add_argument("--model", default="flux-tiny", choices=["flux-tiny"], help="the embedded default model")
-    parser.add_argument("--steps", type=int, default=30, help="training steps per run (default 30)")
-    parser.add_argument("--plan", help="a plan file (default: skip ratio 0.5, online residuals)")
+    parser = commands.add_parser("demo", help="personalize a small pretrained FLUX-type model: full LoRA vs BlockSkip vs naive skip")
+    parser.add_argument("--model", default="shapes-dit", choices=["shapes-dit"], help="the embedded default model")
+    parser.add_argument("--steps", type=int, default=150, help="training steps per run (default 150)")
+    parser.add_argument("--plan", help="a plan file (default: skip ratio 0.3, online residuals)")
     parser.add_argument("--out", default="blockskip-demo", help="folder for the saved LoRA and plan")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank (default 8)")
+    parser.add_argument("--subject", type=int, default=0, choices=range(10), help="which held-out subject (0-9)")
     parser.set_defaults(run=run)
 
 
@@ -21,5 +22,5 @@ def run(args: argparse.Namespace) -> int:
     from ..plan import BlockSkipPlan
 
     plan = BlockSkipPlan.load(args.plan) if args.plan else None
-    run_demo(steps=args.steps, plan=plan, out=args.out, seed=args.seed, rank=args.rank)
+    run_demo(steps=args.steps, plan=plan, out=args.out, seed=args.seed, rank=args.rank, subject=args.subject)
     return 0

@@ -17,11 +17,11 @@ def register(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo_data import build_demo_model
+    from ..shapes import build_shapes_dit
     from ..inspection import describe, model_from_config
     from ..plan import BlockSkipPlan
 
-    model = build_demo_model() if args.config == "demo" else model_from_config(args.config)
+    model = build_shapes_dit() if args.config == "demo" else model_from_config(args.config)
     plan = BlockSkipPlan.load(args.plan) if args.plan else None
     print(describe(model, plan))
     return 0
