@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]  # the stand-in's packages must not shadow
 sys.path.insert(0, checkout)
 if importlib.util.find_spec("torchvision") is None:
-    sys.path.insert(1, str(HERE / "torchvision_shim"))
+    sys.path.insert(1, str(HERE.parent / "torchvision_shim"))
 
 from PIL import Image  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402

@@ -85,10 +85,11 @@ class Compose:
 
 
 class ToTensor:
-    """PIL RGB image -> float tensor (C, H, W) in [0, 1]."""
+    """PIL image (as RGB) or HWC uint8 array -> float tensor (C, H, W) in [0, 1]."""
 
     def __call__(self, image):
-        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float32) / 255.0
+        array = array[..., None] if array.ndim == 2 else array
         return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
