@@ -14,10 +14,10 @@ Example:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-PIXELS_PER_TOKEN = 4  # pixel-unshuffle factor: 32x32 RGB images -> 8x8 tokens of 48 channels
+# The shapes DiT's packing: 32x32 RGB images -> 8x8 tokens of 48 channels.
+from .shapes.model import PIXELS_PER_TOKEN, pack
 
 DEMO_MODEL_CONFIG = {
     "patch_size": 1,
@@ -64,13 +64,7 @@ def subject_images(count: int, size: int = 32, seed: int = 0) -> torch.Tensor:
 
 def pack_images(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (B, 3, H, W) -> tokens (B, H/4 · W/4, 48) and FLUX image ids (tokens, 3)."""
-    grid = F.pixel_unshuffle(images, PIXELS_PER_TOKEN)
-    batch, channels, height, width = grid.shape
-    tokens = grid.flatten(2).transpose(1, 2)
-    ids = torch.zeros(height, width, 3)
-    ids[..., 1] = torch.arange(height)[:, None]
-    ids[..., 2] = torch.arange(width)[None, :]
-    return tokens, ids.reshape(-1, 3)
+    return pack(images)
 
 
 class CaptionEmbedder(nn.Module):

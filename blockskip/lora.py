@@ -37,9 +37,14 @@ def lora_target_modules(model: nn.Module, suffixes: Iterable[str] | None = None)
     handle = get_block_skip(model)
     if handle is None:
         raise BlockSkipError("lora_target_modules needs a model with apply_block_skip applied")
+    return block_linear_names(model, handle.kept_block_names(), suffixes)
+
+
+def block_linear_names(model: nn.Module, block_names: Iterable[str], suffixes: Iterable[str] | None = None) -> list[str]:
+    """Qualified names of the Linear layers inside `block_names`, matched by suffix as in `lora_target_modules`."""
     suffixes = list(suffixes) if suffixes is not None else None
     names = []
-    for block_name in handle.kept_block_names():
+    for block_name in block_names:
         block = model.get_submodule(block_name)
         for module_name, module in block.named_modules():
             if not isinstance(module, nn.Linear) or not module_name:

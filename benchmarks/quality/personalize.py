@@ -152,6 +152,7 @@ def run(args, argv: list[str]) -> None:
     for seed in args.seeds:
         for subject in subjects:
             references, captions = reference_set(subject, count=args.references, seed=seed)
+            prompt_count = len(subject_prompts(subject))
             prompts = subject_prompts(subject) * args.samples_per_prompt
             for recipe in recipes:
                 count += 1
@@ -171,7 +172,7 @@ def run(args, argv: list[str]) -> None:
                 record = {"row": name, "subject": subject.name, "seed": seed, **scores, **stats}
                 sample_dir = out / "samples"
                 sample_dir.mkdir(exist_ok=True)
-                torch.save(samples[: len(subject_prompts(subject))].half(), sample_dir / f"{_slug(name)}__{subject.name}__{seed}.pt")
+                torch.save(samples[:prompt_count].half(), sample_dir / f"{_slug(name)}__{subject.name}__{seed}.pt")
                 with results_path.open("a") as handle:
                     handle.write(json.dumps(record) + "\n")
                 print(f"[{count}/{total}] {name:<28} {subject.name} seed {seed}: "
@@ -220,15 +221,14 @@ def report(args) -> None:
     report_path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     image_dir = report_path.parent / "images"
-    first = [s for s in (subj.name for subj in HELD_OUT_SUBJECTS) if s in subjects][: args.grid_subjects]
+    shown = [subject for subject in HELD_OUT_SUBJECTS if subject.name in subjects][: args.grid_subjects]
+    references = {subject.name: reference_set(subject, count=args.references, seed=seeds[0])[0][:3] for subject in shown}
     for name in names:
         grid_rows = []
-        for subject_name in first:
-            subject = next(s for s in HELD_OUT_SUBJECTS if s.name == subject_name)
-            path = out / "samples" / f"{_slug(name)}__{subject_name}__{seeds[0]}.pt"
+        for subject in shown:
+            path = out / "samples" / f"{_slug(name)}__{subject.name}__{seeds[0]}.pt"
             if path.exists():
-                references, _ = reference_set(subject, count=args.references, seed=seeds[0])
-                grid_rows.append(torch.cat([references[:3], torch.load(path).float()]))
+                grid_rows.append(torch.cat([references[subject.name], torch.load(path).float()]))
         if grid_rows:
             save_grid(grid_rows, image_dir / f"quality_{_slug(name)}.png", scale=3)
 

@@ -79,8 +79,11 @@ class StepBatches(torch.utils.data.Dataset):
         return 10**9
 
     def __getitem__(self, step: int):
-        torch.set_num_threads(1)
         return training_batch(step, self.batch_size, self.encoder, self.seed)
+
+
+def _one_thread(worker_id: int) -> None:
+    torch.set_num_threads(1)  # the worker renders; the main process trains
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -160,6 +163,7 @@ def main(argv=None) -> int:
         sampler=range(state["step"], 10**9),
         num_workers=1,
         prefetch_factor=4,
+        worker_init_fn=_one_thread,
     )
     model.train()
     start = time.perf_counter()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .model import PIXELS_PER_TOKEN, image_ids, text_ids
+from .model import PIXELS_PER_TOKEN, image_ids, text_ids, unpack
 from .text import ShapesTextEncoder
 
 
@@ -57,6 +57,4 @@ def generate(
             conditional, unconditional = v.chunk(2)
             x = x + (next_sigma - sigma) * (unconditional + guidance * (conditional - unconditional))
         out.append(x.cpu())
-    tokens = torch.cat(out)
-    grid = tokens.transpose(1, 2).reshape(len(prompts), -1, side, side)
-    return torch.nn.functional.pixel_shuffle(grid, PIXELS_PER_TOKEN).clamp(-1, 1)
+    return unpack(torch.cat(out), size, size).clamp(-1, 1)

@@ -34,7 +34,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..collator import DynamicPatchCollator
-from ..lora import LORA_WEIGHT_NAME, lora_target_modules, save_lora
+from ..layouts import get_layout
+from ..lora import LORA_WEIGHT_NAME, block_linear_names, lora_target_modules, save_lora
 from ..memory import measure_peak_memory
 from ..patches import PatchSchedule
 from ..plan import BlockSkipPlan
@@ -87,13 +88,9 @@ def reference_set(subject: Subject, count: int = 5, seed: int = 0) -> tuple[torc
 
 
 def block_linears(model: nn.Module, suffixes) -> list[str]:
-    """Linear layers inside the transformer blocks whose names end in one of `suffixes`."""
-    names = []
-    for name, module in model.named_modules():
-        inside = name.startswith(("transformer_blocks.", "single_transformer_blocks."))
-        if inside and isinstance(module, nn.Linear) and any(name.endswith("." + s) for s in suffixes):
-            names.append(name)
-    return names
+    """Linear layers inside any of the model's transformer blocks whose names end in one of `suffixes`."""
+    blocks = [f"{block_list.name}.{index}" for block_list in get_layout(model).lists for index in range(len(block_list))]
+    return block_linear_names(model, blocks, suffixes)
 
 
 class _Inputs:
@@ -148,7 +145,6 @@ def train_subject_lora(
 
     torch.manual_seed(seed)
     work = Path(work_dir or tempfile.mkdtemp(prefix="blockskip-personalize-"))
-    base = copy.deepcopy(model).requires_grad_(False)
     patches = RESOLUTIONS[recipe.resolution]
     schedule = TrainingSchedule([tuple(references.shape[-2:])] * len(references), steps, batch_size, patches, seed=seed, sampler=LogitNormalSampler())
     examples = [{"image": image, "caption": text} for image, text in zip(references, captions)]
@@ -156,7 +152,7 @@ def train_subject_lora(
     inputs = _Inputs(schedule, ShapesTextEncoder())
     plan = recipe.plan(bank=str(work / "bank"))
 
-    trainee = copy.deepcopy(base)
+    trainee = copy.deepcopy(model).requires_grad_(False)
     handle = None
     if plan is not None:
         if plan.residuals.mode == "cached":
@@ -197,7 +193,7 @@ def train_subject_lora(
         "trainable_parameters": sum(p.numel() for p in parameters),
         "skipped_blocks": 0 if handle is None else len(handle.skipped_block_names()),
     }
-    full = _reloaded(base, trainee, handle, work)
+    full = _reloaded(model, trainee, handle, work)
     if handle is not None and plan.residuals.mode == "online":
         stats["reload_error"] = _reload_error(trainee, full, inputs, loader)
     return full, stats
@@ -221,7 +217,7 @@ def _reloaded(base: nn.Module, trainee: nn.Module, handle, work: Path) -> nn.Mod
     if handle is None:
         return trainee.eval()
     lora_dir = save_lora(trainee, work / "lora")
-    full = copy.deepcopy(base)
+    full = copy.deepcopy(base).requires_grad_(False)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="While injecting the PEFT adapters", category=RuntimeWarning)
         full.load_lora_adapter(str(lora_dir), weight_name=LORA_WEIGHT_NAME, prefix=None, adapter_name="default")
