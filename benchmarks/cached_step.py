@@ -28,7 +28,7 @@ from blockskip import (
     lora_target_modules,
     precompute_residuals,
 )
-from blockskip.demo_data import CaptionEmbedder, build_demo_model, pack_images, subject_images
+from blockskip.shapes.demo_data import CaptionEmbedder, build_demo_model, pack_images, subject_images
 
 SIZES = {
     # name: (model overrides, image side before cropping, crop min/max)

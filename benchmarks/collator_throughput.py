@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from blockskip.collator import DynamicPatchCollator
+from blockskip.crops.collator import DynamicPatchCollator
 
 
 def make_images(n: int, height: int, width: int, source: str, seed: int = 0):

@@ -1,10 +1,10 @@
 """How close is the fake-tensor estimate to a real training step's peak? Tiny and small models.
 
-For each model family, each plan runs the same LoRA step (`blockskip.training_step`) twice: on
-real tensors, measured, and on fake tensors, estimated (`blockskip.calibration.calibrate`).
+For each model family, each plan runs the same LoRA step (`blockskip.training.training_step`) twice: on
+real tensors, measured, and on fake tensors, estimated (`blockskip.estimate.calibration.calibrate`).
 Measurements on the CPU:
 
-- `measured`: `blockskip.memory.measure_peak_memory` (counted tensor storages);
+- `measured`: `blockskip.estimate.memory.measure_peak_memory` (counted tensor storages);
 - `allocator`: the CPU allocator's own allocation/free events (`torch.profiler`), recorded from
   before the model is built — the ground truth when fp8 weights are recast on every call, which
   `measure_peak_memory` miscounts.
@@ -23,8 +23,8 @@ import time
 
 import torch
 
-from blockskip.calibration import calibrate
-from blockskip.memory import format_bytes
+from blockskip.estimate.calibration import calibrate
+from blockskip.estimate.memory import format_bytes
 
 # Tiny configs: width 64 (2 heads × 32), a few blocks. Sizes the configs accept.
 _TINY = {

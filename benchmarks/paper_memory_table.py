@@ -21,10 +21,10 @@ import json
 import time
 
 from blockskip.estimate import estimate_step
-from blockskip.plan import BlockSkipPlan
-from blockskip.presets import get_preset
-from blockskip.step_inputs import StepShape
-from blockskip.training_step import TrainingSetup
+from blockskip.families.presets import get_preset
+from blockskip.families.step_inputs import StepShape
+from blockskip.skipping.plan import BlockSkipPlan
+from blockskip.training.training_step import TrainingSetup
 
 GIB = 1024**3
 # Paper numbers: the seed table (approximate), and a secondary summary's exact values.

@@ -19,8 +19,8 @@ import torch
 from peft import LoraConfig
 
 from blockskip import apply_block_skip, lora_target_modules, measure_peak_memory
-from blockskip.demo_data import build_demo_model
-from blockskip.memory import format_bytes
+from blockskip.estimate.memory import format_bytes
+from blockskip.shapes.demo_data import build_demo_model
 
 SIZES = {
     # name: (config overrides, tokens per image, batch)

@@ -8,30 +8,29 @@ Example:
     >>> plan = BlockSkipPlan.from_dict({"skip": {"ratio": 0.3}})
 """
 
-from .collator import DynamicPatchCollator, LatentPatchCollator
-from .conventions import get_convention
+from .crops.collator import DynamicPatchCollator, LatentPatchCollator
+from .crops.conventions import get_convention
+from .crops.image_folder import ImageFolder
+from .crops.images import ImageLoadError
+from .crops.patches import PatchSchedule
+from .crops.timesteps import LogitNormalSampler, UniformSampler
 from .estimate import TrainingEstimate, estimate_training_memory
-from .image_folder import ImageFolder
-from .images import ImageLoadError
-from .layouts import BlockIO, UnknownLayoutError, get_layout, register_block_io, register_model_layout
-from .lora import lora_target_modules, save_lora
-from .masking import TextAttentionMask, mask_text_attention
-from .memory import MemoryUsage, measure_peak_memory
-from .patches import PatchSchedule
-from .pipeline_inputs import PipelineInputs
-from .plan import BlockSkipPlan, BlockSkipPlanError
-from .planner import plan_for_budget
-from .presets import PRESETS, get_preset
-from .prompt_cache import PromptCache
+from .estimate.memory import MemoryUsage, measure_peak_memory
+from .estimate.planner import plan_for_budget
+from .families.layouts import BlockIO, UnknownLayoutError, get_layout, register_block_io, register_model_layout
+from .families.presets import PRESETS, get_preset
 from .residuals.bank import BankError
-from .residuals.precompute import precompute_residuals
-from .schedule import TrainingSchedule
-from .selection import SelectionProfile, best_skip, select_blocks
-from .skip import BlockSkipError, BlockSkipHandle, SkippedBlock, apply_block_skip, get_block_skip, remove_block_skip
-from .timesteps import LogitNormalSampler, UniformSampler
-from .trades import MemoryTrades, apply_memory_trades, get_memory_trades
-
-__version__ = "0.1.0"
+from .residuals.schedule import TrainingSchedule
+from .selection.masking import TextAttentionMask, mask_text_attention
+from .selection.select import SelectionProfile, best_skip, select_blocks
+from .skipping.lora import lora_target_modules, save_lora
+from .skipping.plan import BlockSkipPlan, BlockSkipPlanError
+from .skipping.skip import BlockSkipError, BlockSkipHandle, SkippedBlock, apply_block_skip, get_block_skip, remove_block_skip
+from .skipping.trades import MemoryTrades, apply_memory_trades, get_memory_trades
+from .training.pipeline_inputs import PipelineInputs
+from .training.precompute import precompute_residuals
+from .training.prompt_cache import PromptCache
+from .version import __version__
 
 __all__ = [
     "apply_block_skip",

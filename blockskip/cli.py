@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from .plan import BlockSkipPlanError
+from .skipping.plan import BlockSkipPlanError
 
 COMMANDS = ("demo", "inspect", "precompute", "select", "estimate", "plan")
 

@@ -6,9 +6,8 @@ from pathlib import Path
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).parent))
+from blockskip.training.precompute import precompute_residuals  # noqa: E402
 from tiny_models import build_tiny  # noqa: E402
-
-from blockskip.residuals.precompute import precompute_residuals  # noqa: E402
 
 
 def samples(case, count=5):

@@ -12,7 +12,7 @@ from peft import LoraConfig
 
 from blockskip import BlockSkipError, apply_block_skip, lora_target_modules
 from blockskip.residuals.bank import BankError, BankReader
-from blockskip.residuals.precompute import precompute_residuals
+from blockskip.training.precompute import precompute_residuals
 from tiny_models import build_tiny
 
 PLANS = {
@@ -232,8 +232,8 @@ KILL_SCRIPT = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
 from tiny_models import build_tiny
-from blockskip.residuals import precompute as precompute_module
-from blockskip.residuals.precompute import precompute_residuals
+from blockskip.training import precompute as precompute_module
+from blockskip.training.precompute import precompute_residuals
 
 case = build_tiny("FluxTransformer2DModel")
 samples = []

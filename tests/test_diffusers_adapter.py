@@ -17,16 +17,16 @@ import numpy as np
 import pytest
 from PIL import Image
 from safetensors.torch import load_file
-from tiny_pipelines import MAX_TOKENS, build_tiny_pipeline
 
 from blockskip import BlockSkipPlan, measure_peak_memory
+from blockskip.crops.patches import PatchSchedule
 from blockskip.integrations.diffusers import (
     ScriptAdapterError,
     main,
     run_script,
     split_arguments,
 )
-from blockskip.patches import PatchSchedule
+from tiny_pipelines import MAX_TOKENS, build_tiny_pipeline
 
 STANDIN = Path(__file__).parent / "upstream_standins" / "train_dreambooth_lora_flux_standin.py"
 PLAN = {"skip": {"leading": 1, "trailing": 2}, "patches": {"min_size": 32, "max_size": 64, "multiple_of": 16}}

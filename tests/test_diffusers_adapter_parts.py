@@ -7,7 +7,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
 from blockskip import BlockSkipPlan, DynamicPatchCollator, apply_block_skip
-from blockskip.conventions import TimestepConvention
+from blockskip.crops.conventions import TimestepConvention
 from blockskip.integrations.diffusers.data import DreamBoothPatchCollate
 from blockskip.integrations.diffusers.density import density_from_batch
 from blockskip.integrations.diffusers.errors import ScriptAdapterError

@@ -4,15 +4,15 @@ import json
 
 import pytest
 import torch
-from tiny_models import build_tiny
 
 from blockskip import estimate_training_memory
-from blockskip.accounting import FlopCounter, StorageLedger
-from blockskip.calibration import calibrate
 from blockskip.cli import main
-from blockskip.inspection import model_from_config
-from blockskip.layouts import get_layout
-from blockskip.presets import PRESETS, UnknownModelError, get_preset, resolve_model
+from blockskip.estimate.accounting import FlopCounter, StorageLedger
+from blockskip.estimate.calibration import calibrate
+from blockskip.families.layouts import get_layout
+from blockskip.families.presets import PRESETS, UnknownModelError, get_preset, resolve_model
+from blockskip.skipping.inspection import model_from_config
+from tiny_models import build_tiny
 
 # Input sizes the tiny configs accept (Sana and LTX have 32 pixels per token; video needs frames).
 SIZES = {"SanaTransformer2DModel": 128, "LTXVideoTransformer3DModel": 128}
@@ -44,7 +44,7 @@ CHECKPOINTED = {**SKIP, "kept_blocks": {"gradient_checkpointing": True}}
     ],
 )
 def test_estimate_matches_the_measured_cpu_peak(name, plan):
-    # Measured: real tensors, blockskip.memory.measure_peak_memory. Agreement is within 2% here;
+    # Measured: real tensors, blockskip.estimate.memory.measure_peak_memory. Agreement is within 2% here;
     # benchmarks/estimate_calibration.py covers every family.
     result = _calibrate(name, plan)
     assert abs(result.error) < 0.10, (result.measured, result.estimated_peak)

@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).parent / "upstream_standins" / "kohya"))
 from standin import SCRIPT, kohya_args, model_inputs, write_checkpoint, write_images  # noqa: E402
 
 from blockskip import apply_block_skip  # noqa: E402
+from blockskip.estimate.memory import measure_peak_memory  # noqa: E402
 from blockskip.integrations.kohya import KohyaAdapterError, describe, main, run_training  # noqa: E402
-from blockskip.memory import measure_peak_memory  # noqa: E402
 
 PLAN = {"skip": {"leading": 3, "trailing": 1}, "offload": "none",
         "patches": {"min_size": 32, "max_size": 64, "multiple_of": 16}}

@@ -10,7 +10,7 @@ from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file
 
 from blockskip import BlockSkipPlan, apply_block_skip, lora_target_modules, save_lora
-from blockskip.lora import LORA_WEIGHT_NAME
+from blockskip.skipping.lora import LORA_WEIGHT_NAME
 from tiny_models import build_tiny
 
 FAMILY_PIPELINES = [

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from blockskip.masking import (
+from blockskip.selection.masking import (
     IMAGE_FIRST,
     TEXT_FIRST,
     MaskingError,

@@ -1,11 +1,11 @@
-"""blockskip.memory counts CPU storages correctly, and block skipping lowers a training step's peak."""
+"""blockskip.estimate.memory counts CPU storages correctly, and block skipping lowers a training step's peak."""
 
 import torch
 from peft import LoraConfig
 
 from blockskip import apply_block_skip, lora_target_modules, measure_peak_memory
-from blockskip.demo_data import build_demo_model
-from blockskip.memory import format_bytes
+from blockskip.estimate.memory import format_bytes
+from blockskip.shapes.demo_data import build_demo_model
 
 
 def test_counts_allocations_and_frees():

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from blockskip.collator import DynamicPatchCollator, LatentPatchCollator, latent_crop_error
-from blockskip.images import ImageLoadError, image_to_tensor
-from blockskip.patches import SCHEDULES, PatchSchedule, crop_size
-from blockskip.timesteps import LogitNormalSampler
+from blockskip.crops.collator import DynamicPatchCollator, LatentPatchCollator, latent_crop_error
+from blockskip.crops.images import ImageLoadError, image_to_tensor
+from blockskip.crops.patches import SCHEDULES, PatchSchedule, crop_size
+from blockskip.crops.timesteps import LogitNormalSampler
 
 SMALL = dict(min_size=32, max_size=64, multiple_of=16)
 
@@ -243,7 +243,7 @@ def test_accepts_plan_like_objects():
     assert DynamicPatchCollator(settings_, max_size=256).schedule == PatchSchedule(64, 256, 16, "random")
     assert DynamicPatchCollator().schedule == PatchSchedule(256, 512, 16, "low_to_high")
     try:
-        from blockskip.plan import BlockSkipPlan
+        from blockskip.skipping.plan import BlockSkipPlan
     except Exception:  # plan.py is another module's business; only check when importable
         return
     plan = BlockSkipPlan.from_dict({"patches": {"min_size": 128, "max_size": 256, "multiple_of": 16}})

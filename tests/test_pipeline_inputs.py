@@ -8,11 +8,11 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from blockskip import DynamicPatchCollator, TrainingSchedule
-from blockskip.image_folder import ImageFolder, ImageFolderError
-from blockskip.patches import PatchSchedule
-from blockskip.pipeline_inputs import PipelineInputs, image_ids, load_pipeline, pack_latents
-from blockskip.sampler_spec import parse_sampler, sampler_from_dict, sampler_to_dict
-from blockskip.timesteps import LogitNormalSampler, ShiftedSampler, UniformSampler
+from blockskip.crops.image_folder import ImageFolder, ImageFolderError
+from blockskip.crops.patches import PatchSchedule
+from blockskip.crops.sampler_spec import parse_sampler, sampler_from_dict, sampler_to_dict
+from blockskip.crops.timesteps import LogitNormalSampler, ShiftedSampler, UniformSampler
+from blockskip.training.pipeline_inputs import PipelineInputs, image_ids, load_pipeline, pack_latents
 from tiny_image_folders import CAPTIONS, write_images
 from tiny_pipelines import MAX_TOKENS, build_tiny_pipeline
 

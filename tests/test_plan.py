@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from blockskip.plan import BlockSkipPlan, BlockSkipPlanError
-from blockskip.skip_table import blocks_for_ratio, resolve_ratio
+from blockskip.skipping.plan import BlockSkipPlan, BlockSkipPlanError
+from blockskip.skipping.skip_table import blocks_for_ratio, resolve_ratio
 
 
 def test_every_field_has_a_default():

@@ -3,12 +3,12 @@
 import json
 
 import pytest
-from tiny_models import build_tiny
 
 from blockskip import BlockSkipPlan, apply_block_skip, plan_for_budget
 from blockskip.cli import main
-from blockskip.estimate_plot import draw_skip_sweep
-from blockskip.planner import NoPlanFitsError
+from blockskip.estimate.planner import NoPlanFitsError
+from blockskip.estimate.plot import draw_skip_sweep
+from tiny_models import build_tiny
 
 OPTIONS = dict(resolutions=(64, 32), text_length=7, dtype="float32", reserve_bytes=0, baseline=False)
 

@@ -12,9 +12,9 @@ from torch.utils.data import DataLoader
 
 from blockskip import BlockSkipPlan, DynamicPatchCollator, TrainingSchedule, apply_block_skip, lora_target_modules
 from blockskip.cli import main
-from blockskip.image_folder import ImageFolder
-from blockskip.pipeline_inputs import PipelineInputs, load_pipeline
+from blockskip.crops.image_folder import ImageFolder
 from blockskip.residuals.bank import BankReader, read_manifest
+from blockskip.training.pipeline_inputs import PipelineInputs, load_pipeline
 from tiny_image_folders import CAPTIONS, write_images
 from tiny_pipelines import MAX_TOKENS, build_tiny_pipeline
 

@@ -5,9 +5,9 @@ from peft import LoraConfig
 from torch.utils.data import DataLoader
 
 from blockskip import BlockSkipPlan, DynamicPatchCollator, TrainingSchedule, apply_block_skip, lora_target_modules
-from blockskip.demo_data import CaptionEmbedder, build_demo_model, pack_images, subject_images
-from blockskip.patches import PatchSchedule
-from blockskip.residuals.precompute import precompute_residuals
+from blockskip.crops.patches import PatchSchedule
+from blockskip.shapes.demo_data import CaptionEmbedder, build_demo_model, pack_images, subject_images
+from blockskip.training.precompute import precompute_residuals
 
 PATCHES = PatchSchedule(32, 48, 16)
 
@@ -39,7 +39,7 @@ def test_entries_follow_the_patch_schedule():
 
 
 def _working(size):
-    from blockskip.patches import working_size
+    from blockskip.crops.patches import working_size
 
     return working_size(*size, PATCHES.min_size)
 

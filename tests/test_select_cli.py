@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 
 from blockskip.cli import main
-from blockskip.plan import BlockSkipPlan
-from blockskip.profile import SelectionProfile
-from blockskip.selection import select_blocks
+from blockskip.selection.profile import SelectionProfile
+from blockskip.selection.select import select_blocks
+from blockskip.skipping.plan import BlockSkipPlan
 from tiny_pipelines import PIPELINE_CALL_DEFAULTS, build_tiny_pipeline, load_tiny_pipeline, save_tiny_lora
 
 

@@ -9,10 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from blockskip import skip_table
-from blockskip.embeddings import ClipImageEmbedder, DinoEmbedder, LatentEmbedder, cosine_distance, load_embedder
-from blockskip.plotting import draw_profile, save_profile_plot
-from blockskip.profile import (
+from blockskip.selection.embeddings import ClipImageEmbedder, DinoEmbedder, LatentEmbedder, cosine_distance, load_embedder
+from blockskip.selection.plotting import draw_profile, save_profile_plot
+from blockskip.selection.profile import (
     ProfileError,
     SelectionProfile,
     best_skip,
@@ -20,8 +19,9 @@ from blockskip.profile import (
     table_from_profile,
     table_source_code,
 )
-from blockskip.sampling import EulerSampler, timestep_scale_for
-from blockskip.selection import select_blocks, window_starts
+from blockskip.selection.select import select_blocks, window_starts
+from blockskip.skipping import skip_table
+from blockskip.training.sampling import EulerSampler, timestep_scale_for
 from tiny_models import build_tiny
 
 

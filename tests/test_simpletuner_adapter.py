@@ -18,11 +18,11 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from tiny_pipelines import MAX_TOKENS, build_tiny_pipeline
 
 from blockskip import BlockSkipPlan, measure_peak_memory
+from blockskip.crops.patches import PatchSchedule
 from blockskip.integrations.simpletuner import SimpleTunerAdapterError, main, run_training, split_arguments
-from blockskip.patches import PatchSchedule
+from tiny_pipelines import MAX_TOKENS, build_tiny_pipeline
 
 STANDIN = Path(__file__).parent / "upstream_standins" / "simpletuner"
 PLAN = {"skip": {"leading": 1, "trailing": 2}, "patches": {"min_size": 32, "max_size": 64, "multiple_of": 16}}

@@ -16,7 +16,7 @@ from blockskip import (
     register_model_layout,
     remove_block_skip,
 )
-from blockskip.layouts import _BLOCK_IO, _block_io_from_diffusers
+from blockskip.families.layouts import _BLOCK_IO, _block_io_from_diffusers
 from tiny_models import build_tiny
 
 PLAN = {"skip": {"leading": 4, "trailing": 2}}  # FLUX tiny: 3 double + 4 single blocks

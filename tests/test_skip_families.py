@@ -9,9 +9,8 @@ import torch
 from peft import LoraConfig
 
 from blockskip import apply_block_skip, get_layout, lora_target_modules, remove_block_skip
-from blockskip.layouts import SUPPORTED_MODELS
+from blockskip.families.layouts import SUPPORTED_MODELS
 from tiny_models import FAMILIES, build_tiny
-
 
 
 def _both_spans_plan(case):

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from blockskip.conventions import CONVENTIONS, TimestepConvention, get_convention
-from blockskip.timesteps import (
+from blockskip.crops.conventions import CONVENTIONS, TimestepConvention, get_convention
+from blockskip.crops.timesteps import (
     LogitNormalSampler,
     ModeSampler,
     ShiftedSampler,

@@ -5,7 +5,6 @@ import json
 import pytest
 import torch
 from peft import LoraConfig
-from tiny_models import build_tiny
 
 from blockskip import (
     BlockSkipError,
@@ -15,8 +14,9 @@ from blockskip import (
     apply_memory_trades,
     get_memory_trades,
 )
-from blockskip.lora import lora_target_modules
-from blockskip.trades import _only_frozen_linear_weights, offload_kept_blocks
+from blockskip.skipping.lora import lora_target_modules
+from blockskip.skipping.trades import _only_frozen_linear_weights, offload_kept_blocks
+from tiny_models import build_tiny
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 

@@ -86,10 +86,10 @@ class CriticEmbedder:
 
 def selection_split(model, critic, out: Path) -> tuple[int, int]:
     """Run `select_blocks` on the pretrained model (critic features as the metric); cache the profile."""
-    from blockskip.profile import SelectionProfile
-    from blockskip.sampling import EulerSampler
-    from blockskip.selection import best_skip, select_blocks
+    from blockskip.selection.profile import SelectionProfile
+    from blockskip.selection.select import best_skip, select_blocks
     from blockskip.shapes.model import image_ids, text_ids, unpack
+    from blockskip.training.sampling import EulerSampler
 
     path = out / "selection_profile.json"
     if path.exists():

@@ -18,8 +18,8 @@ def register(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import run_demo
-    from ..plan import BlockSkipPlan
+    from ..shapes.demo import run_demo
+    from ..skipping.plan import BlockSkipPlan
 
     plan = BlockSkipPlan.load(args.plan) if args.plan else None
     run_demo(steps=args.steps, plan=plan, out=args.out, seed=args.seed, rank=args.rank, subject=args.subject)

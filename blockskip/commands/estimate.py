@@ -62,8 +62,8 @@ def _default_plan(args: argparse.Namespace, preset) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from ..estimate import estimate_training_memory
-    from ..plan import BlockSkipPlan
-    from ..presets import resolve_model
+    from ..families.presets import resolve_model
+    from ..skipping.plan import BlockSkipPlan
 
     _, preset, _ = resolve_model(args.model)
     plan = BlockSkipPlan.load(args.plan) if args.plan else _default_plan(args, preset)
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(report.format_table())
     if args.plot:
-        from ..estimate_plot import draw_skip_sweep, sweep_skip_ratios
+        from ..estimate.plot import draw_skip_sweep, sweep_skip_ratios
 
         sweep = sweep_skip_ratios(
             args.model, resolution=args.resolution, baseline_resolution=args.baseline_resolution, **step_options(args)

@@ -18,8 +18,8 @@ def register(commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..shapes import build_shapes_dit
-    from ..inspection import describe, model_from_config
-    from ..plan import BlockSkipPlan
+    from ..skipping.inspection import describe, model_from_config
+    from ..skipping.plan import BlockSkipPlan
 
     model = build_shapes_dit() if args.config == "demo" else model_from_config(args.config)
     plan = BlockSkipPlan.load(args.plan) if args.plan else None

@@ -28,7 +28,7 @@ def register(commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..estimate import TrainingEstimate
-    from ..planner import GIB, plan_for_budget
+    from ..estimate.planner import GIB, plan_for_budget
 
     options = step_options(args)
     choice = plan_for_budget(

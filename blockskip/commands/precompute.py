@@ -50,7 +50,7 @@ def register(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..images import ImageLoadError
+    from ..crops.images import ImageLoadError
     from ..residuals.bank import BankError
 
     try:
@@ -64,13 +64,13 @@ def _precompute(args: argparse.Namespace) -> int:
     import torch
     from torch.utils.data import DataLoader
 
-    from ..collator import DynamicPatchCollator
-    from ..image_folder import ImageFolder
-    from ..pipeline_inputs import PipelineInputs, load_pipeline
-    from ..plan import BlockSkipPlan
-    from ..residuals.precompute import precompute_residuals
-    from ..sampler_spec import parse_sampler
-    from ..schedule import TrainingSchedule
+    from ..crops.collator import DynamicPatchCollator
+    from ..crops.image_folder import ImageFolder
+    from ..crops.sampler_spec import parse_sampler
+    from ..residuals.schedule import TrainingSchedule
+    from ..skipping.plan import BlockSkipPlan
+    from ..training.pipeline_inputs import PipelineInputs, load_pipeline
+    from ..training.precompute import precompute_residuals
 
     for name in ("steps", "batch_size", "chunk_size"):
         if getattr(args, name) < 1:
@@ -158,7 +158,7 @@ def _encode_captions(pipeline, inputs, prompts, device) -> None:
 
 def _patch_schedule(plan, pixel_multiple: int):
     """The plan's patches, with the pipeline's pixel granularity where the plan leaves it open."""
-    from ..patches import resolve_patch_schedule
+    from ..crops.patches import resolve_patch_schedule
 
     multiple = plan.patches.multiple_of
     patches = resolve_patch_schedule(plan, {"multiple_of": multiple if multiple is not None else pixel_multiple})
@@ -171,7 +171,7 @@ def _patch_schedule(plan, pixel_multiple: int):
 def _existing_bank(bank: Path, model, plan, schedule) -> dict | None:
     """The bank's manifest if there is one, after checking it was made for this model, plan and schedule."""
     from ..residuals.bank import MANIFEST, BankError, read_manifest
-    from ..residuals.precompute import bank_header
+    from ..training.precompute import bank_header
 
     if not (bank / MANIFEST).is_file():
         return None

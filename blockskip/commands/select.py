@@ -104,10 +104,10 @@ def _measure(args: argparse.Namespace):
     import torch
     from diffusers import DiffusionPipeline
 
-    from ..embeddings import load_embedder
-    from ..layouts import get_layout
-    from ..selection import select_blocks
-    from ..skip_table import blocks_for_ratio
+    from ..families.layouts import get_layout
+    from ..selection.embeddings import load_embedder
+    from ..selection.select import select_blocks
+    from ..skipping.skip_table import blocks_for_ratio
 
     if not args.pipeline or not args.prompts:
         raise ValueError("give --pipeline DIR and --prompts FILE (or --from-profile PROFILE)")
@@ -150,16 +150,16 @@ def _sibling(plan: Path, suffix: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..plan import BlockSkipPlan
-    from ..plotting import save_profile_plot
-    from ..profile import SelectionProfile, best_skip, table_from_profile, table_source_code
+    from ..selection.plotting import save_profile_plot
+    from ..selection.profile import SelectionProfile, best_skip, table_from_profile, table_source_code
+    from ..skipping.plan import BlockSkipPlan
 
     if args.from_profile:
         profile = SelectionProfile.load(args.from_profile)
         if args.ratio is None and not args.table:
             raise ValueError("with --from-profile, give --ratio and -o PLAN, or --table")
     else:
-        from ..masking import MaskingError
+        from ..selection.masking import MaskingError
 
         try:
             profile = _measure(args)

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
-from ..skip import iter_stand_ins
+from ..skipping.skip import iter_stand_ins
 
 
 @contextmanager

@@ -20,8 +20,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from ..plan import BlockSkipPlanError
-from ..skip import BlockSkipError
+from ..skipping.plan import BlockSkipPlanError
+from ..skipping.skip import BlockSkipError
 
 
 def run_main(argv: list[str] | None, usage: str, start: Callable[[list[str]], object], error: type[Exception]) -> int:

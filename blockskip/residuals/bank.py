@@ -13,12 +13,14 @@ Reading checks every shard's size up front and its sha256 the first time it is u
 
 Example:
     >>> import tempfile, torch
-    >>> folder = tempfile.mkdtemp()
+    >>> scratch = tempfile.TemporaryDirectory()
+    >>> folder = scratch.name
     >>> writer = BankWriter(folder, {"model": {"class": "Demo"}, "spans": [], "schedule": None, "dtype": "float32"})
     >>> writer.add("step0-0", {"0/image": torch.ones(2, 3)})
     >>> writer.finish()
     >>> BankReader(folder).load(["step0-0"])["0/image"].shape
     torch.Size([1, 2, 3])
+    >>> scratch.cleanup()
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """A small world we can measure quality in: procedural scenes, a frozen text encoder, a pretrained shapes DiT.
 
-Used by `blockskip demo` and by the quality benchmark (benchmarks/quality/). See docs/quality.md.
+Used by `blockskip demo` (`demo`, with its images and captions from `demo_data`) and by the quality
+benchmark (benchmarks/quality/). See docs/quality.md. Sits above `estimate` and `selection`.
 """
 
 from .generate import generate

@@ -1,9 +1,11 @@
 """Save image batches as PNG grids (rows of images, optional row labels are left to the caller).
 
     >>> import torch, tempfile, os
-    >>> path = os.path.join(tempfile.mkdtemp(), "grid.png")
+    >>> scratch = tempfile.TemporaryDirectory()
+    >>> path = os.path.join(scratch.name, "grid.png")
     >>> save_grid([torch.zeros(3, 3, 32, 32), torch.ones(2, 3, 32, 32)], path, scale=2).size
     (204, 136)
+    >>> scratch.cleanup()
 """
 
 from __future__ import annotations

@@ -33,16 +33,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..collator import DynamicPatchCollator
-from ..layouts import get_layout
-from ..lora import LORA_WEIGHT_NAME, block_linear_names, lora_target_modules, save_lora
-from ..memory import measure_peak_memory
-from ..patches import PatchSchedule
-from ..plan import BlockSkipPlan
-from ..residuals.precompute import precompute_residuals
-from ..schedule import TrainingSchedule
-from ..skip import apply_block_skip
-from ..timesteps import LogitNormalSampler
+from ..crops.collator import DynamicPatchCollator
+from ..crops.patches import PatchSchedule
+from ..crops.timesteps import LogitNormalSampler
+from ..estimate.memory import measure_peak_memory
+from ..families.layouts import get_layout
+from ..residuals.schedule import TrainingSchedule
+from ..skipping.lora import LORA_WEIGHT_NAME, block_linear_names, lora_target_modules, save_lora
+from ..skipping.plan import BlockSkipPlan
+from ..skipping.skip import apply_block_skip
+from ..training.precompute import precompute_residuals
 from .evaluation import TOKEN
 from .model import pack, text_ids
 from .scenes import IMAGE_SIZE, Subject, caption, render, subject_scene

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterable
 
-from ...plan import BlockSkipPlan
+from ...skipping.plan import BlockSkipPlan
 from .errors import ScriptAdapterError
 
 

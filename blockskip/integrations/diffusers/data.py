@@ -38,9 +38,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from ...collator import DynamicPatchCollator
-from ...conventions import TimestepConvention
-from ...timesteps import sampler_from_diffusers_args
+from ...crops.collator import DynamicPatchCollator
+from ...crops.conventions import TimestepConvention
+from ...crops.timesteps import sampler_from_diffusers_args
 from ..patching import Patches
 from .errors import ScriptAdapterError
 from .session import ScriptSession

@@ -20,7 +20,7 @@ Example:
     >>> import torch
     >>> from diffusers import FlowMatchEulerDiscreteScheduler
     >>> from blockskip import BlockSkipPlan, DynamicPatchCollator
-    >>> from blockskip.conventions import TimestepConvention
+    >>> from blockskip.crops.conventions import TimestepConvention
     >>> from blockskip.integrations.diffusers.session import ScriptSession
     >>> noise_scheduler_copy = FlowMatchEulerDiscreteScheduler(shift=3.0)
     >>> collate = DynamicPatchCollator(min_size=32, max_size=64, seed=0,

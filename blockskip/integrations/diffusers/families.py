@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ScriptFamily:
-    """One upstream script: which classes it uses and its timestep convention (`blockskip.conventions`)."""
+    """One upstream script: which classes it uses and its timestep convention (`blockskip.crops.conventions`)."""
 
     script: str
     transformer_class: str

@@ -29,7 +29,7 @@ from typing import Any
 
 from torch import nn
 
-from ...skip import apply_block_skip
+from ...skipping.skip import apply_block_skip
 from ..patching import Patches
 from .checks import check_lora_layers
 from .families import FAMILIES, family_for_class

@@ -15,7 +15,7 @@ import runpy
 from collections.abc import Sequence
 from typing import Any
 
-from ...plan import BlockSkipPlan
+from ...skipping.plan import BlockSkipPlan
 from ..patching import Patches
 from ..scripts import as_script, script_path
 from .arguments import install_argument_hook

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from ...plan import BlockSkipPlan
-from ...skip import BlockSkipHandle
+from ...skipping.plan import BlockSkipPlan
+from ...skipping.skip import BlockSkipHandle
 from ..messages import log_line
 from .families import ScriptFamily
 

@@ -40,7 +40,7 @@ from typing import Any
 
 from torch import nn
 
-from ...skip import BlockSkipHandle
+from ...skipping.skip import BlockSkipHandle
 from ..full_model import full_model
 from .session import ScriptSession
 

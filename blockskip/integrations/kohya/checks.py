@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from ...plan import BlockSkipPlan
+from ...skipping.plan import BlockSkipPlan
 from .errors import KohyaAdapterError
 
 SHIM_MODULE = "blockskip.integrations.kohya.lora_flux"

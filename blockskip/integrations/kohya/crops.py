@@ -21,9 +21,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ...collator import DynamicPatchCollator, LatentPatchCollator
-from ...plan import BlockSkipPlan
-from ...timesteps import TimestepSampler
+from ...crops.collator import DynamicPatchCollator, LatentPatchCollator
+from ...crops.timesteps import TimestepSampler
+from ...skipping.plan import BlockSkipPlan
 from .errors import KohyaAdapterError
 
 NOISE_LEVEL_KEY = "blockskip_noise_level"

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 
-from ...timesteps import ShiftedSampler, TimestepSampler, sampler_from_diffusers_args, sampler_from_kohya_args
+from ...crops.timesteps import ShiftedSampler, TimestepSampler, sampler_from_diffusers_args, sampler_from_kohya_args
 
 _DIRECT = ("uniform", "sigmoid", "shift", "flux_shift")
 

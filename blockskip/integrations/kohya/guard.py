@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ...skip import BlockSkipHandle
+from ...skipping.skip import BlockSkipHandle
 from .errors import KohyaAdapterError
 
 LORA_PREFIX = "lora_unet"

@@ -17,7 +17,7 @@ table). `kohya_plan()` lets a plan made for `FluxTransformer2DModel` (what `bloc
 Example:
     >>> from blockskip import BlockSkipPlan
     >>> register_kohya_flux()
-    >>> from blockskip.layouts import block_io_for
+    >>> from blockskip.families.layouts import block_io_for
     >>> block_io_for("SingleStreamBlock").returns, block_io_for("DoubleStreamBlock").returns
     (('joint',), ('image', 'text'))
     >>> plan = kohya_plan(BlockSkipPlan.from_dict({"model": {"class": "FluxTransformer2DModel"}, "skip": {"ratio": 0.3}}))
@@ -27,9 +27,9 @@ Example:
 
 from __future__ import annotations
 
-from ...layouts import register_block_io, register_model_layout
-from ...plan import BlockSkipPlan
-from ...skip_table import DEFAULT_TABLE, SkipTable, get_skip_table, register_skip_table
+from ...families.layouts import register_block_io, register_model_layout
+from ...skipping.plan import BlockSkipPlan
+from ...skipping.skip_table import DEFAULT_TABLE, SkipTable, get_skip_table, register_skip_table
 from .errors import KohyaAdapterError
 
 MODEL_CLASS = "Flux"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ...skip import get_block_skip
+from ...skipping.skip import get_block_skip
 from .errors import KohyaAdapterError
 from .guard import check_no_skipped_keys, guard_network, restrict_block_indices
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ...plan import BlockSkipPlan
+from ...skipping.plan import BlockSkipPlan
 from ..scripts import as_script, script_path
 from .checks import check_args, check_plan
 from .errors import KohyaAdapterError

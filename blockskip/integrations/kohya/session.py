@@ -16,8 +16,8 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...plan import BlockSkipPlan
-from ...skip import BlockSkipHandle
+from ...skipping.plan import BlockSkipPlan
+from ...skipping.skip import BlockSkipHandle
 from ..messages import log_line
 from .crops import BatchCrops
 from .layout import kohya_plan, register_kohya_flux

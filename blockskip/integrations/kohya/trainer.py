@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import nn
 
-from ...skip import apply_block_skip, iter_stand_ins
+from ...skipping.skip import apply_block_skip, iter_stand_ins
 from ..full_model import full_model
 from .checks import check_dataset_resolution
 from .crops import NOISE_LEVEL_KEY, BatchCrops

@@ -23,7 +23,7 @@ see docs/patches.md). SimpleTuner has no per-step VAE path to crop pixels instea
 
 Example:
     >>> import torch
-    >>> from blockskip.collator import LatentPatchCollator
+    >>> from blockskip.crops.collator import LatentPatchCollator
     >>> collator = LatentPatchCollator(min_size=32, max_size=64, multiple_of=16, vae_scale_factor=8,
     ...     convention="simpletuner", seed=0)
     >>> crops = crop_latents(collator, torch.randn(2, 16, 8, 12), torch.tensor([1.0, 0.0]))
@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from ...collator import LatentPatchCollator
+from ...crops.collator import LatentPatchCollator
 from ..patching import Patches
 from .errors import SimpleTunerAdapterError
 from .session import TrainingSession

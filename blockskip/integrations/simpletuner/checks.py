@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ...plan import BlockSkipPlan
+from ...skipping.plan import BlockSkipPlan
 from .errors import SimpleTunerAdapterError
 from .families import family_for
 

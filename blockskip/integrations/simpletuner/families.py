@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ...layouts import block_io_for, get_layout, register_block_io
+from ...families.layouts import block_io_for, get_layout, register_block_io
 from .errors import SimpleTunerAdapterError
 
 

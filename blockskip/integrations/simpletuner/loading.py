@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from ...skip import apply_block_skip, get_block_skip
+from ...skipping.skip import apply_block_skip, get_block_skip
 from ..patching import Patches
 from .errors import SimpleTunerAdapterError
 from .families import register_trainer_blocks

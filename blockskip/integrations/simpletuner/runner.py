@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ...plan import BlockSkipPlan
+from ...skipping.plan import BlockSkipPlan
 from ..patching import Patches
 from .batches import install_batch_hook
 from .checks import check_config, check_plan

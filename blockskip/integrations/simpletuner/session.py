@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...plan import BlockSkipPlan
-from ...skip import BlockSkipHandle
+from ...skipping.plan import BlockSkipPlan
+from ...skipping.skip import BlockSkipHandle
 from ..messages import log_line
 from .families import TrainerFamily
 

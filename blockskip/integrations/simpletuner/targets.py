@@ -35,8 +35,8 @@ from typing import Any
 
 from torch import nn
 
-from ...lora import lora_target_modules
-from ...skip import get_block_skip
+from ...skipping.lora import lora_target_modules
+from ...skipping.skip import get_block_skip
 from ..patching import Patches
 from .errors import SimpleTunerAdapterError
 from .session import TrainingSession

@@ -27,11 +27,10 @@ sys.path.insert(0, checkout)
 if importlib.util.find_spec("torchvision") is None:
     sys.path.insert(1, str(HERE.parent / "torchvision_shim"))
 
+from library import flux_models, flux_utils  # noqa: E402
 from PIL import Image  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast  # noqa: E402
-
-from library import flux_models, flux_utils  # noqa: E402
 
 WIDTH = 32
 TINY = dataclasses.replace(
@@ -137,7 +136,7 @@ if __name__ == "__main__":
         sys.exit(0)
     write_models()
     flux_utils.load_clip_l, flux_utils.load_t5xxl = load_clip_l, load_t5xxl
-    from blockskip.memory import measure_peak_memory
+    from blockskip.estimate.memory import measure_peak_memory
 
     script = Path(checkout) / "flux_train_network.py"
     with measure_peak_memory("cpu") as usage:

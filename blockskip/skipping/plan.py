@@ -1,0 +1,290 @@
+"""BlockSkipPlan: what to skip, where the residuals come from, and how to crop.
+
+A plan is a small versioned JSON document. Every field has a default, and every error names the
+JSON path of the offending value:
+
+    {
+      "format": "blockskip.plan", "version": 1,
+      "model": {"class": "FluxTransformer2DModel", "num_blocks": 57},
+      "skip": {"leading": 7, "trailing": 10},
+      "residuals": {"mode": "online", "bank": null},
+      "offload": "cpu",
+      "patches": {"min_size": 256, "max_size": 512, "multiple_of": 16, "schedule": "low_to_high"}
+    }
+
+Example:
+    >>> plan = BlockSkipPlan.from_dict({"skip": {"leading": 7, "trailing": 10}})
+    >>> plan.skip.leading, plan.residuals.mode, plan.offload
+    (7, 'online', 'cpu')
+    >>> BlockSkipPlan.from_dict({"skip": {"leading": -1}})
+    Traceback (most recent call last):
+    ...
+    blockskip.skipping.plan_sections.BlockSkipPlanError: skip.leading: -1 must be >= 0
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .plan_sections import (
+    KEPT_BLOCK_FIELDS,
+    MODEL_FIELDS,
+    OFFLOAD_TARGETS,
+    PATCH_FIELDS,
+    PATCH_SCHEDULES,
+    RESIDUAL_FIELDS,
+    RESIDUAL_MODES,
+    SKIP_FIELDS,
+    STORAGE_DTYPES,
+    TOP_LEVEL_KEYS,
+    BlockSkipPlanError,
+    KeptBlockSettings,
+    ModelCheck,
+    PatchSettings,
+    ResidualSettings,
+    SkipSpec,
+    as_dict,
+    is_int,
+    read_section,
+    require,
+)
+from .skip_table import SkipSplit, resolve_ratio
+
+PLAN_FORMAT = "blockskip.plan"
+PLAN_VERSION = 1
+PLAN_FILENAME = "blockskip_plan.json"
+
+@dataclass(frozen=True)
+class BlockSkipPlan:
+    """A validated block-skip plan. Build it with `from_dict` or `load`; never mutate it.
+
+    Example:
+        >>> plan = BlockSkipPlan.from_dict({"skip": {"ratio": 0.3}, "model": {"class": "FluxTransformer2DModel"}})
+        >>> plan.resolve_skip("FluxTransformer2DModel", 57).leading
+        7
+    """
+
+    model: ModelCheck = field(default_factory=ModelCheck)
+    skip: SkipSpec = field(default_factory=SkipSpec)
+    residuals: ResidualSettings = field(default_factory=ResidualSettings)
+    offload: str = "cpu"
+    patches: PatchSettings = field(default_factory=PatchSettings)
+    kept_blocks: KeptBlockSettings = field(default_factory=KeptBlockSettings)
+
+    def __post_init__(self):
+        self._validate()
+
+    # ----------------------------------------------------------------- construction
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "BlockSkipPlan":
+        """Parse and validate a plan from its JSON-compatible dict."""
+        require(isinstance(data, dict), "(root)", f"a plan is a JSON object, got {json.dumps(data)[:80]}")
+        for key in data:
+            require(key in TOP_LEVEL_KEYS, key, f"unknown key (known: {', '.join(TOP_LEVEL_KEYS)})")
+        plan_format = data.get("format", PLAN_FORMAT)
+        require(plan_format == PLAN_FORMAT, "format", f"{json.dumps(plan_format)} is not {json.dumps(PLAN_FORMAT)}")
+        version = data.get("version", PLAN_VERSION)
+        require(is_int(version), "version", f"{json.dumps(version)} is not an integer")
+        require(
+            version <= PLAN_VERSION,
+            "version",
+            f"{version} is newer than this blockskip understands ({PLAN_VERSION}); upgrade blockskip",
+        )
+        require(version >= 1, "version", f"{version} must be >= 1")
+        offload = data.get("offload", "cpu")
+        require(isinstance(offload, str), "offload", f"{json.dumps(offload)} is not a string")
+        return cls(
+            model=ModelCheck(**read_section(data.get("model"), "model", MODEL_FIELDS)),
+            skip=SkipSpec(**read_section(data.get("skip"), "skip", SKIP_FIELDS)),
+            residuals=ResidualSettings(**read_section(data.get("residuals"), "residuals", RESIDUAL_FIELDS)),
+            offload=offload,
+            patches=PatchSettings(**read_section(data.get("patches"), "patches", PATCH_FIELDS)),
+            kept_blocks=KeptBlockSettings(**read_section(data.get("kept_blocks"), "kept_blocks", KEPT_BLOCK_FIELDS)),
+        )
+
+    @classmethod
+    def coerce(cls, plan: "BlockSkipPlan | dict | str | os.PathLike") -> "BlockSkipPlan":
+        """A plan from a `BlockSkipPlan`, its dict, or the path of a plan file."""
+        if isinstance(plan, cls):
+            return plan
+        if isinstance(plan, dict):
+            return cls.from_dict(plan)
+        return cls.load(plan)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "BlockSkipPlan":
+        """Read a plan from a JSON file; a LoRA folder holding `blockskip_plan.json` works too."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / PLAN_FILENAME
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as error:
+            raise BlockSkipPlanError("(file)", f"cannot read plan {str(path)!r}: {error.strerror or error}") from error
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise BlockSkipPlanError(
+                "(file)", f"{str(path)!r} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})"
+            ) from error
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as a JSON-compatible dict, with every field spelled out.
+
+        `kept_blocks` is written only when it asks for a trade, so a plan without trades stays
+        readable by blockskip versions that predate the section.
+        """
+        data = {
+            "format": PLAN_FORMAT,
+            "version": PLAN_VERSION,
+            "model": {"class": self.model.class_name, "num_blocks": self.model.num_blocks},
+            "skip": {key: value for key, value in as_dict(self.skip).items() if value is not None}
+            or {"leading": 0, "trailing": 0},
+            "residuals": as_dict(self.residuals),
+            "offload": self.offload,
+            "patches": as_dict(self.patches),
+        }
+        if not self.kept_blocks.is_default:
+            data["kept_blocks"] = as_dict(self.kept_blocks)
+        return data
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the plan as JSON, atomically. A directory gets `blockskip_plan.json` inside it."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / PLAN_FILENAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+            handle.write(text)
+            temporary = Path(handle.name)
+        temporary.chmod(0o666 & ~_current_umask())  # NamedTemporaryFile creates 0600; a plan is for sharing
+        os.replace(temporary, path)
+        return path
+
+    # ----------------------------------------------------------------- resolution
+
+    def check_model(self, class_name: str, num_blocks: int) -> None:
+        """Refuse a model that is not the one the plan was made for."""
+        expected = self.model
+        if expected.class_name is not None and expected.class_name != class_name:
+            raise BlockSkipPlanError(
+                "model.class", f"the plan was made for {expected.class_name}, but the model is {class_name}"
+            )
+        if expected.num_blocks is not None and expected.num_blocks != num_blocks:
+            raise BlockSkipPlanError(
+                "model.num_blocks",
+                f"the plan was made for {expected.num_blocks} blocks, but this {class_name} has {num_blocks}",
+            )
+
+    def resolve_skip(self, class_name: str, num_blocks: int) -> SkipSplit:
+        """Leading and trailing block counts for a model with `num_blocks` transformer blocks."""
+        self.check_model(class_name, num_blocks)
+        if self.skip.ratio is not None:
+            split = resolve_ratio(class_name, num_blocks, self.skip.ratio)
+            path = "skip.ratio"
+        else:
+            split = SkipSplit(self.skip.leading or 0, self.skip.trailing or 0, "explicit block counts")
+            path = "skip.leading" if split.trailing == 0 else "skip"
+        if split.leading + split.trailing >= num_blocks:
+            what = f"ratio {self.skip.ratio} skips" if self.skip.ratio is not None else "skips"
+            raise BlockSkipPlanError(
+                path,
+                f"{what} {split.leading} leading + {split.trailing} trailing blocks, "
+                f"but the model's {num_blocks} blocks must keep at least one",
+            )
+        return split
+
+    # ----------------------------------------------------------------- validation
+
+    def _validate(self) -> None:
+        skip = self.skip
+        for name in ("leading", "trailing"):
+            value = getattr(skip, name)
+            require(value is None or value >= 0, f"skip.{name}", f"{value} must be >= 0")
+        if skip.ratio is not None:
+            require(
+                skip.leading is None and skip.trailing is None,
+                "skip.ratio",
+                "give either a ratio or leading/trailing counts, not both",
+            )
+            require(0 <= skip.ratio < 1, "skip.ratio", f"{skip.ratio} must be in [0, 1)")
+        num_blocks = self.model.num_blocks
+        if num_blocks is not None:
+            require(num_blocks >= 1, "model.num_blocks", f"{num_blocks} must be >= 1")
+            for name in ("leading", "trailing"):
+                value = getattr(skip, name)
+                require(
+                    value is None or value < num_blocks,
+                    f"skip.{name}",
+                    f"{value} exceeds the model's {num_blocks} blocks",
+                )
+            total = (skip.leading or 0) + (skip.trailing or 0)
+            require(
+                total < num_blocks,
+                "skip",
+                f"{skip.leading or 0} leading + {skip.trailing or 0} trailing blocks leave none of the "
+                f"model's {num_blocks} blocks to train",
+            )
+
+        residuals = self.residuals
+        require(
+            residuals.mode in RESIDUAL_MODES,
+            "residuals.mode",
+            f"{json.dumps(residuals.mode)} is not one of {', '.join(RESIDUAL_MODES)}",
+        )
+        if residuals.mode == "cached":
+            require(residuals.bank is not None, "residuals.bank", "cached residuals need the path of a residual bank")
+        require(
+            self.offload in OFFLOAD_TARGETS,
+            "offload",
+            f"{json.dumps(self.offload)} is not one of {', '.join(OFFLOAD_TARGETS)}",
+        )
+        if self.offload == "drop":
+            require(
+                residuals.mode != "online",
+                "offload",
+                '"drop" discards the skipped blocks, but online residuals need them; use "cpu"',
+            )
+
+        patches = self.patches
+        require(patches.min_size > 0, "patches.min_size", f"{patches.min_size} must be > 0")
+        require(
+            patches.max_size >= patches.min_size,
+            "patches.max_size",
+            f"{patches.max_size} is smaller than patches.min_size ({patches.min_size})",
+        )
+        if patches.multiple_of is not None:
+            require(patches.multiple_of > 0, "patches.multiple_of", f"{patches.multiple_of} must be > 0")
+            for name in ("min_size", "max_size"):
+                value = getattr(patches, name)
+                require(
+                    value % patches.multiple_of == 0,
+                    f"patches.{name}",
+                    f"{value} is not a multiple of patches.multiple_of ({patches.multiple_of})",
+                )
+        require(
+            patches.schedule in PATCH_SCHEDULES,
+            "patches.schedule",
+            f"{json.dumps(patches.schedule)} is not one of {', '.join(PATCH_SCHEDULES)}",
+        )
+        storage_dtype = self.kept_blocks.storage_dtype
+        require(
+            storage_dtype is None or storage_dtype in STORAGE_DTYPES,
+            "kept_blocks.storage_dtype",
+            f"{json.dumps(storage_dtype)} is not one of {', '.join(STORAGE_DTYPES)} (or null)",
+        )
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
