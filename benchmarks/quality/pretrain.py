@@ -107,7 +107,7 @@ def export(state: dict, command: str) -> None:
         "steps": state["step"],
         "training_minutes": round(state["elapsed"] / 60, 1),
         "final_loss_ema": round(state["loss_ema"], 4),
-        "recipe": state["args"],
+        "recipe": {key: value for key, value in state["args"].items() if key != "out"},  # the run folder is a machine path
         "command": command,
         "hardware": "2 CPU cores (shared), torch CPU",
     }

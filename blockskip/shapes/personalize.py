@@ -140,11 +140,20 @@ def train_subject_lora(
     seed: int = 0,
     work_dir: str | Path | None = None,
 ) -> tuple[nn.Module, dict]:
-    """Train a LoRA on a copy of `model` following `recipe`; return the full model with the LoRA loaded, and stats."""
+    """Train a LoRA on a copy of `model` following `recipe`; return the full model with the LoRA loaded, and stats.
+
+    The bank and the saved LoRA go to `work_dir`; without one they go to a scratch folder that is
+    removed before returning.
+    """
     from peft import LoraConfig
 
+    if work_dir is None:
+        with tempfile.TemporaryDirectory(prefix="blockskip-personalize-") as scratch:
+            return train_subject_lora(
+                model, recipe, references, captions, steps=steps, batch_size=batch_size, rank=rank, lr=lr, seed=seed, work_dir=scratch
+            )
     torch.manual_seed(seed)
-    work = Path(work_dir or tempfile.mkdtemp(prefix="blockskip-personalize-"))
+    work = Path(work_dir)
     patches = RESOLUTIONS[recipe.resolution]
     schedule = TrainingSchedule([tuple(references.shape[-2:])] * len(references), steps, batch_size, patches, seed=seed, sampler=LogitNormalSampler())
     examples = [{"image": image, "caption": text} for image, text in zip(references, captions)]
