@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import tempfile
 
 from blockskip.cli import main
 
@@ -18,11 +19,24 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert (tmp_path / "demo" / "samples.png").stat().st_size > 0
 
 
-def test_demo_takes_a_plan(tmp_path, capsys):
+def test_demo_takes_a_plan_and_leaves_no_scratch(tmp_path, capsys, monkeypatch):
+    scratch = tmp_path / "system-temp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"skip": {"leading": 2, "trailing": 1}}))
+    plan.write_text(json.dumps({"skip": {"leading": 2, "trailing": 1}, "residuals": {"mode": "cached", "bank": "unused"}}))
     assert main(["demo", "--steps", "2", "--plan", str(plan), "--out", str(tmp_path / "demo")]) == 0
     assert "skipping 2 leading + 1 trailing" in capsys.readouterr().out
+    assert [path.name for path in scratch.iterdir() if path.name.startswith("blockskip")] == []
+
+
+def test_demo_keeps_every_run_in_the_work_dir(tmp_path, capsys):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"skip": {"leading": 2, "trailing": 1}, "residuals": {"mode": "cached", "bank": "unused"}}))
+    work = tmp_path / "work"
+    assert main(["demo", "--steps", "2", "--plan", str(plan), "--out", str(tmp_path / "demo"), "--work-dir", str(work)]) == 0
+    assert sorted(path.name for path in work.iterdir()) == ["naive-skip", "skip-only"]  # full LoRA is never saved
+    assert (work / "skip-only" / "bank").is_dir() and (work / "skip-only" / "lora" / "pytorch_lora_weights.safetensors").exists()
 
 
 def test_inspect_shows_layout_and_plan(tmp_path, capsys):

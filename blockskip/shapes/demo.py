@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..estimate.memory import format_bytes
 from ..skipping.plan import BlockSkipPlan
-from ..skipping.skip import apply_block_skip, remove_block_skip
+from ..skipping.skip import describe_plan
 
 DEFAULT_DEMO_PLAN = {"skip": {"ratio": 0.3}, "residuals": {"mode": "online"}, "offload": "cpu"}
 
@@ -63,9 +63,19 @@ def format_table(results: list[RunResult]) -> str:
 
 
 def run_demo(
-    steps: int = 150, plan: BlockSkipPlan | None = None, out: str | Path = "blockskip-demo", seed: int = 0, rank: int = 8, subject: int = 0
+    steps: int = 150,
+    plan: BlockSkipPlan | None = None,
+    out: str | Path = "blockskip-demo",
+    seed: int = 0,
+    rank: int = 8,
+    subject: int = 0,
+    work_dir: str | Path | None = None,
 ) -> list[RunResult]:
-    """Personalize the shapes DiT with full LoRA, BlockSkip and naive skip; print and return the table."""
+    """Personalize the shapes DiT with full LoRA, BlockSkip and naive skip; print and return the table.
+
+    The samples and the BlockSkip LoRA go to `out`. The other runs train in scratch folders that
+    are removed, or in `work_dir/<run>` when `work_dir` is given.
+    """
     from . import HELD_OUT_SUBJECTS, ShapesTextEncoder, generate, load_shapes_dit
     from .critic import load_critic
     from .evaluation import score_samples, subject_prompts
@@ -76,8 +86,12 @@ def run_demo(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model, critic, encoder = load_shapes_dit(), load_critic(), ShapesTextEncoder()
-    summary = apply_block_skip(model, plan).summary()
-    remove_block_skip(model)
+    effect = describe_plan(model, plan)  # the runs bank into their own folders, so the plan's bank is never opened
+    spans = ", ".join(f"{span['position']} {span['list_name']}[{span['start']}:{span['stop']}]" for span in effect["spans"])
+    summary = (
+        f"{effect['model']}: {effect['num_blocks']} blocks, skipping {effect['leading']} leading + {effect['trailing']} trailing "
+        f"({effect['source']}); spans: {spans}; residuals: {plan.residuals.mode}; offload: {plan.offload}"
+    )
 
     chosen = HELD_OUT_SUBJECTS[subject]
     references, captions = reference_set(chosen, seed=seed)
@@ -93,6 +107,8 @@ def run_demo(
     ]
     results, grid, reload_error = [], [references], None
     for name, recipe, work in runs:
+        if work is None and work_dir is not None and recipe is not None:
+            work = Path(work_dir) / recipe.name.replace(" ", "-")
         print(f"training {name} ..." if recipe else f"sampling {name} ...", flush=True)
         stats = {}
         tuned = model
