@@ -10,7 +10,7 @@ def register(commands) -> None:
     parser.add_argument("--model", default="shapes-dit", choices=["shapes-dit"], help="the embedded default model")
     parser.add_argument("--steps", type=int, default=150, help="training steps per run (default 150)")
     parser.add_argument("--plan", help="a plan file (default: skip ratio 0.3, online residuals)")
-    parser.add_argument("--out", default="blockskip-demo", help="folder for the samples and the BlockSkip LoRA with its plan")
+    parser.add_argument("-o", "--out", default="blockskip-demo", help="folder for the samples and the BlockSkip LoRA with its plan")
     parser.add_argument("--work-dir", help="keep the other skipping runs' LoRA (and bank, when cached) here; by default they are removed")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank (default 8)")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+from ..estimate.gpus import GPUS
 
 
 def add_step_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,6 +21,7 @@ def add_step_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizer", default="adamw", choices=["adamw", "adamw8bit", "sgd"])
     parser.add_argument("--residuals", choices=["online", "cached"], help="price online or cached residuals (default: the plan's)")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="the device the step runs on (cpu: no weight streaming)")
+    parser.add_argument("--gpu", choices=list(GPUS), metavar="GPU", help=f"a GPU profile, adds modelled s/step: {', '.join(GPUS)}")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -60,13 +64,27 @@ def _default_plan(args: argparse.Namespace, preset) -> dict:
     return plan
 
 
+def load_plan_for_estimate(path: str):
+    """A plan file as an estimate reads it: a cached plan may leave out its bank, since no bank is read."""
+    from ..skipping.plan import PLAN_FILENAME, BlockSkipPlan, BlockSkipPlanError
+
+    try:
+        return BlockSkipPlan.load(path)
+    except BlockSkipPlanError as error:
+        if error.path != "residuals.bank":
+            raise
+    file = Path(path) / PLAN_FILENAME if Path(path).is_dir() else Path(path)
+    data = json.loads(file.read_text(encoding="utf-8"))
+    data["residuals"]["bank"] = "(not read by an estimate)"
+    return BlockSkipPlan.from_dict(data)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..estimate import estimate_training_memory
     from ..families.presets import resolve_model
-    from ..skipping.plan import BlockSkipPlan
 
     _, preset, _ = resolve_model(args.model)
-    plan = BlockSkipPlan.load(args.plan) if args.plan else _default_plan(args, preset)
+    plan = load_plan_for_estimate(args.plan) if args.plan else _default_plan(args, preset)
     report = estimate_training_memory(
         args.model,
         plan,
@@ -78,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         group_offload=args.group_offload,
         residuals=args.residuals,
         baseline=not args.no_baseline,
+        gpu=args.gpu,
         **step_options(args),
     )
     if args.json:

@@ -38,6 +38,14 @@ class Emulation:
     handles: list = field(default_factory=list)
     held: list = field(default_factory=list)  # buffers alive until the step ends
     extra_peak: int = 0  # bytes added to the peak (a prefetched layer)
+    # Host → device copies the step makes, per kind ("streamed", "offload", "bank"): bytes and count.
+    traffic: dict[str, int] = field(default_factory=dict)
+    transfers: dict[str, int] = field(default_factory=dict)
+    spans: int = 0  # runs of streamed blocks: the first copy of each has no compute to hide behind
+
+    def copied(self, kind: str, size: int) -> None:
+        self.traffic[kind] = self.traffic.get(kind, 0) + size
+        self.transfers[kind] = self.transfers.get(kind, 0) + 1
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -69,16 +77,19 @@ def tensor_bytes(module: nn.Module, dtype: torch.dtype | None = None) -> int:
 def emulate_streaming(emulation: Emulation, handle: BlockSkipHandle, dtype: torch.dtype) -> None:
     """Online residuals on a GPU with skipped weights on the CPU: current + prefetched block copies."""
     ledger = emulation.ledger
+    emulation.spans = len(handle.spans)
     for span in handle.spans:
         names = span.block_names
         for position, name in enumerate(names):
             original = handle.originals[name]
-            size = tensor_bytes(original, dtype)
+            own = tensor_bytes(original, dtype)
+            size = own
             if position + 1 < len(names):
                 size += tensor_bytes(handle.originals[names[position + 1]], dtype)
             live: list[torch.Tensor] = []
 
-            def place(module, args, kwargs, size=size, live=live):
+            def place(module, args, kwargs, size=size, own=own, live=live):
+                emulation.copied("streamed", own)
                 with ledger.tagged("residual_buffers"):
                     live.append(torch.empty(size, dtype=torch.uint8))
 
@@ -114,6 +125,7 @@ def emulate_cached(emulation: Emulation, model: nn.Module, handle: BlockSkipHand
                     continue
                 with ledger.tagged("residual_buffers"):
                     residual = torch.empty_like(value)
+                emulation.copied("bank", residual.numel() * residual.element_size())
                 result.append(residual if leading else value + residual)
             return tuple(result) if isinstance(output, tuple) else result[0]
 
@@ -140,6 +152,7 @@ def emulate_group_offload(emulation: Emulation, model: nn.Module) -> set[int]:
                         if parameter is not None:
                             stored[name] = parameter.data
                             parameter.data = parameter.data.clone()
+                            emulation.copied("offload", parameter.numel() * parameter.element_size())
                 module._blockskip_offloaded = stored
 
             def offload(module, args, kwargs, output):

@@ -18,6 +18,7 @@ from typing import Any
 
 from .accounting import CATEGORIES
 from .memory import format_bytes
+from .step_time import StepTime, step_time
 
 
 @dataclass
@@ -44,6 +45,10 @@ class StepEstimate:
     skip: dict[str, Any] = field(default_factory=dict)  # leading, trailing, source
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    streamed_flops: int = 0  # run inside skipped blocks computed online (forward, no gradients)
+    traffic: dict[str, int] = field(default_factory=dict)  # host → device bytes per step, per kind
+    transfers: dict[str, int] = field(default_factory=dict)  # how many copies make up each kind
+    streamed_spans: int = 0
 
     @property
     def flops(self) -> int:
@@ -63,6 +68,16 @@ class TrainingEstimate:
     parameters: int
     step: StepEstimate
     baseline: StepEstimate | None = None
+    gpu: str | None = None  # a `blockskip.estimate.gpus` key: adds modelled seconds per step
+
+    def step_time(self, row: StepEstimate) -> StepTime | None:
+        return step_time(row, self.gpu) if self.gpu else None
+
+    @property
+    def time_ratio(self) -> float | None:
+        if not (self.gpu and self.baseline):
+            return None
+        return self.step_time(self.step).seconds / self.step_time(self.baseline).seconds
 
     @property
     def memory_ratio(self) -> float | None:
@@ -73,13 +88,21 @@ class TrainingEstimate:
         return self.step.flops / self.baseline.flops if self.baseline and self.baseline.flops else None
 
     def to_dict(self) -> dict[str, Any]:
+        def row(estimate: StepEstimate | None) -> dict[str, Any] | None:
+            if estimate is None:
+                return None
+            time = self.step_time(estimate)
+            return {**estimate.to_dict(), "step_time": time.to_dict() if time else None}
+
         return {
             "model": self.model,
             "parameters": self.parameters,
-            "step": self.step.to_dict(),
-            "baseline": self.baseline.to_dict() if self.baseline else None,
+            "gpu": self.gpu,
+            "step": row(self.step),
+            "baseline": row(self.baseline),
             "memory_ratio": self.memory_ratio,
             "flops_ratio": self.flops_ratio,
+            "time_ratio": self.time_ratio,
         }
 
     def format_table(self) -> str:
@@ -95,6 +118,12 @@ class TrainingEstimate:
         lines.append(["TFLOPs forward", *(f"{row.forward_flops / 1e12:.2f}" for row in rows)])
         lines.append(["TFLOPs backward", *(f"{row.backward_flops / 1e12:.2f}" for row in rows)])
         lines.append(["TFLOPs step", *(f"{row.flops / 1e12:.2f}" for row in rows)])
+        lines.append(["host → device per step", *(format_bytes(sum(row.traffic.values())) for row in rows)])
+        if self.gpu:
+            times = [self.step_time(row) for row in rows]
+            lines.append([f"s/step on {self.gpu} (modelled)", *(f"{time.seconds:.3f}" for time in times)])
+            lines.append(["  compute", *(f"{time.compute_seconds:.3f}" for time in times)])
+            lines.append(["  copies not hidden", *(f"{time.exposed_seconds:.3f}" for time in times)])
         widths = [max(len(line[column]) for line in lines) for column in range(len(labels))]
         text = [
             "  ".join(cell.ljust(widths[0]) if column == 0 else cell.rjust(widths[column]) for column, cell in enumerate(line))
@@ -103,7 +132,8 @@ class TrainingEstimate:
         header = f"{self.model} ({self.parameters / 1e9:.2f}B parameters), {self.step.dtype}, batch {self.step.batch_size}, text {self.step.text_length} tokens"
         footer = [f"{row.label}: {describe_step(row)}" for row in rows]
         if self.baseline:
-            footer.append(f"ratio vs baseline: memory {self.memory_ratio:.2f}, FLOPs {self.flops_ratio:.2f}")
+            time = f", s/step {self.time_ratio:.2f} (modelled, uncalibrated)" if self.gpu else ""
+            footer.append(f"ratio vs baseline: memory {self.memory_ratio:.2f}, FLOPs {self.flops_ratio:.2f}{time}")
         for row in rows:
             footer.extend(f"{row.label}: {note}" for note in row.notes)
         return "\n".join([header, *text, *footer])

@@ -150,6 +150,7 @@ def estimate_step(
             )
         flops = FlopCounter()
         marks: dict[str, int] = {}
+        streamed = _count_streamed_flops(emulation, handle, flops) if mode == "online" else [0]
 
         def on_phase(phase: str) -> None:
             marks[phase] = flops.total
@@ -189,5 +190,26 @@ def estimate_step(
         skip={"leading": handle.split.leading, "trailing": handle.split.trailing, "source": handle.split.source},
         seconds=time.perf_counter() - started,
         notes=notes,
+        streamed_flops=streamed[0],
+        traffic=dict(emulation.traffic),
+        transfers=dict(emulation.transfers),
+        streamed_spans=emulation.spans,
     )
+
+
+def _count_streamed_flops(emulation: Emulation, handle, flops: FlopCounter) -> list[int]:
+    """FLOPs run inside the skipped blocks (the compute their weights' copies can hide behind)."""
+    counted = [0]
+    for original in handle.originals.values():
+        start: list[int] = []
+
+        def before(module, args, start=start):
+            start.append(flops.total)
+
+        def after(module, args, output, start=start):
+            counted[0] += flops.total - start.pop()
+
+        emulation.handles.append(original.register_forward_pre_hook(before))
+        emulation.handles.append(original.register_forward_hook(after))
+    return counted
 

@@ -28,6 +28,7 @@ from ..families.presets import ModelPreset, resolve_model
 from ..families.step_inputs import StepShape, family_of
 from ..skipping.plan import BlockSkipPlan, PatchSettings
 from ..training.training_step import DEFAULT_LORA_TARGETS, TrainingSetup
+from .gpus import get_gpu
 from .report import TrainingEstimate
 from .step import DTYPES, coerce_plan, estimate_step
 
@@ -75,6 +76,7 @@ def estimate_training_memory(
     device: str = "cuda",
     baseline: bool = True,
     baseline_resolution: int | tuple[int, int] | None = None,
+    gpu: str | None = None,
 ) -> TrainingEstimate:
     """Estimate a LoRA training step's peak memory and FLOPs under `plan`, and the baseline's.
 
@@ -86,8 +88,11 @@ def estimate_training_memory(
     `group_offload` override the plan's `kept_blocks`. `residuals="cached"` prices the paper's
     cached residuals (skipped blocks cost nothing). `device="cpu"` prices a CPU run (no weight
     streaming), for comparison with `measure_peak_memory`. The baseline is the same LoRA step
-    with no skip and no trades.
+    with no skip and no trades. `gpu` (a key of `blockskip.estimate.gpus.GPUS`) adds modelled
+    seconds per step (`blockskip.estimate.step_time`).
     """
+    if gpu is not None:
+        get_gpu(gpu)  # an unknown name fails before minutes of pricing
     config, preset, label = resolve_model(model_or_config)
     class_name = config["_class_name"]
     plan = with_kept_blocks(
@@ -126,4 +131,4 @@ def estimate_training_memory(
             residuals="online",
             label="LoRA baseline",
         )
-    return TrainingEstimate(model=label, parameters=step.model_parameters, step=step, baseline=base)
+    return TrainingEstimate(model=label, parameters=step.model_parameters, step=step, baseline=base, gpu=gpu)
