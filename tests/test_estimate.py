@@ -9,6 +9,7 @@ from blockskip import estimate_training_memory
 from blockskip.cli import main
 from blockskip.estimate.accounting import FlopCounter, StorageLedger
 from blockskip.estimate.calibration import calibrate
+from blockskip.estimate.peers import budget_markdown, compare_strategies, fastest_per_budget
 from blockskip.families.layouts import get_layout
 from blockskip.families.presets import PRESETS, UnknownModelError, get_preset, resolve_model
 from blockskip.skipping.inspection import model_from_config
@@ -199,3 +200,40 @@ def test_unknown_model_lists_the_presets(tmp_path, capsys):
     assert main(["estimate", "--model", "flux-2-pro"]) == 2
     error = capsys.readouterr().err
     assert "unknown model 'flux-2-pro'" in error and "flux.1-dev" in error and "wan2.1-14b" in error
+
+
+def test_peers_are_priced_beside_blockskip(capsys):
+    config = {"_class_name": "FluxTransformer2DModel", "num_layers": 2, "num_single_layers": 4, "attention_head_dim": 16,
+              "num_attention_heads": 2, "joint_attention_dim": 32, "pooled_projection_dim": 16, "in_channels": 16,
+              "axes_dims_rope": [4, 6, 6]}
+    rows = compare_strategies(config, "rtx4090-24gb", resolution=64, training_resolution=32, text_length=8, dtype="float32")
+    named = {row.name: row for row in rows}
+    checkpointed = named["gradient checkpointing"]
+    swaps = sorted((row for row in rows if row.group.startswith("block swap")), key=lambda row: int(row.setting.split()[0]))
+    # More blocks swapped: less memory, more bytes over the link, never faster.
+    assert [row.peak_bytes for row in swaps] == sorted((row.peak_bytes for row in swaps), reverse=True)
+    assert [row.traffic_bytes for row in swaps] == sorted(row.traffic_bytes for row in swaps)
+    assert all(row.seconds >= checkpointed.seconds for row in swaps)
+    assert named["nf4 base weights, checkpointing"].peak_bytes < named["fp8 base weights, checkpointing"].peak_bytes < checkpointed.peak_bytes
+    cached = named["BlockSkip 50%, cached"]
+    assert cached.traffic_bytes < swaps[0].traffic_bytes and cached.seconds < named["LoRA baseline"].seconds
+    table = fastest_per_budget(rows, [cached.peak_bytes, 10**9], reserve_bytes=0)
+    assert table["BlockSkip, cached"][0] is cached and table["LoRA baseline"][0] is None
+    assert all(cell is not None for cell in [row[1] for row in table.values()])
+    assert "| block swap (kohya, musubi) |" in budget_markdown(rows, [0.001, 1], reserve_bytes=0)
+
+
+def test_estimate_compare_command(tmp_path, capsys):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"_class_name": "FluxTransformer2DModel", "num_layers": 2, "num_single_layers": 4,
+                                  "attention_head_dim": 16, "num_attention_heads": 2, "joint_attention_dim": 32,
+                                  "pooled_projection_dim": 16, "in_channels": 16, "axes_dims_rope": [4, 6, 6]}))
+    arguments = ["estimate", "--model", str(config), "--compare", "--resolution", "32", "--baseline-resolution", "64",
+                 "--text-length", "8", "--dtype", "float32"]
+    assert main(arguments) == 2 and "--compare needs --gpu" in capsys.readouterr().err
+    assert main([*arguments, "--gpu", "l4-24gb", "--budgets", "0.001,1"]) == 0
+    printed = capsys.readouterr().out
+    assert "block swap" in printed and "BlockSkip 50%, cached" in printed and "| strategy | 0.001 GiB | 1 GiB |" in printed
+    assert main([*arguments, "--gpu", "l4-24gb", "--json"]) == 0
+    strategies = json.loads(capsys.readouterr().out)["strategies"]
+    assert {row["kind"] for row in strategies} == {"baseline", "peer", "blockskip"}

@@ -41,6 +41,9 @@ def register(commands) -> None:
     parser.add_argument("--group-offload", action=argparse.BooleanOptionalAction, help="override the plan")
     parser.add_argument("--no-baseline", action="store_true", help="skip the unskipped baseline")
     parser.add_argument("--plot", metavar="PNG", help="also draw peak memory and TFLOPs against skip ratio")
+    parser.add_argument("--compare", action="store_true",
+                        help="price block swap, group/layer offload, fp8/nf4 base weights and BlockSkip plans side by side (needs --gpu)")
+    parser.add_argument("--budgets", help="with --compare: GiB budgets, comma-separated: the fastest fitting setting of each strategy per budget")
     parser.set_defaults(run=run)
 
 
@@ -79,9 +82,30 @@ def load_plan_for_estimate(path: str):
     return BlockSkipPlan.from_dict(data)
 
 
+def compare(args: argparse.Namespace) -> int:
+    from ..estimate.peers import budget_markdown, compare_strategies, format_comparison
+
+    if args.gpu is None:
+        raise ValueError("--compare needs --gpu: the strategies are timed on a GPU profile")
+    rows = compare_strategies(args.model, args.gpu, resolution=args.baseline_resolution, training_resolution=args.resolution,
+                              text_length=args.text_length, frames=args.frames, batch_size=args.batch_size, dtype=args.dtype)
+    budgets = [float(budget) for budget in args.budgets.split(",")] if args.budgets else []
+    if args.json:
+        print(json.dumps({"model": args.model, "gpu": args.gpu, "strategies": [row.to_dict() for row in rows]}, indent=2))
+        return 0
+    print(format_comparison(rows, args.gpu))
+    if budgets:
+        print()
+        print(budget_markdown(rows, budgets))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ..estimate import estimate_training_memory
     from ..families.presets import resolve_model
+
+    if args.compare:
+        return compare(args)
 
     _, preset, _ = resolve_model(args.model)
     plan = load_plan_for_estimate(args.plan) if args.plan else _default_plan(args, preset)
