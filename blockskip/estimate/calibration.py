@@ -83,12 +83,17 @@ def resident_bytes(model: nn.Module, optimizer: torch.optim.Optimizer, device: s
     return sum(seen.values())
 
 
-def build_real_model(config: dict[str, Any], dtype: torch.dtype, seed: int = 0) -> nn.Module:
-    """The config's diffusers model with seeded random weights, in `dtype` (fp32-pinned modules kept)."""
+def build_real_model(config: dict[str, Any], dtype: torch.dtype, seed: int = 0, device: str | torch.device = "cpu") -> nn.Module:
+    """The config's diffusers model with seeded random weights, in `dtype` (fp32-pinned modules kept).
+
+    `device` is where the weights are made and initialised: a full-size model is built on the GPU
+    directly rather than initialised on the CPU and copied.
+    """
     import diffusers
 
     torch.manual_seed(seed)
-    model = getattr(diffusers, config["_class_name"]).from_config(config)
+    with torch.device(device):
+        model = getattr(diffusers, config["_class_name"]).from_config(config)
     keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
     for name, module in model.named_modules():
         if keep and any(part in keep for part in name.split(".")):

@@ -74,12 +74,15 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [parameter for parameter in model.parameters() if parameter.requires_grad]
 
 
-def attach_lora(model: nn.Module, plan: BlockSkipPlan | dict, setup: TrainingSetup) -> BlockSkipHandle:
-    """Freeze the model, skip the plan's blocks and add LoRA to the kept blocks' target layers."""
+def attach_lora(model: nn.Module, plan: BlockSkipPlan | dict, setup: TrainingSetup, schedule: Any = None) -> BlockSkipHandle:
+    """Freeze the model, skip the plan's blocks and add LoRA to the kept blocks' target layers.
+
+    `schedule` is the `TrainingSchedule` a cached plan's bank was made for.
+    """
     from peft import LoraConfig
 
     model.requires_grad_(False)
-    handle = apply_block_skip(model, plan)
+    handle = apply_block_skip(model, plan, schedule=schedule)
     targets = lora_target_modules(model, setup.lora_targets)
     if not targets:
         raise ValueError(
@@ -99,9 +102,9 @@ def finish_preparation(model: nn.Module, setup: TrainingSetup, trades_plan: Bloc
     model.train()
 
 
-def prepare_model(model: nn.Module, plan: BlockSkipPlan | dict, setup: TrainingSetup) -> BlockSkipHandle:
+def prepare_model(model: nn.Module, plan: BlockSkipPlan | dict, setup: TrainingSetup, schedule: Any = None) -> BlockSkipHandle:
     """`attach_lora` then `finish_preparation`: the model is ready for `run_step`, changed in place."""
-    handle = attach_lora(model, plan, setup)
+    handle = attach_lora(model, plan, setup, schedule)
     finish_preparation(model, setup)
     return handle
 
