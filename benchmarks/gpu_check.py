@@ -138,17 +138,22 @@ def markdown(report: dict) -> str:
     lines = [f"# GPU check on {report['device_name']}", "",
              f"{report['model']}, random {report['dtype']} weights, {report['steps']} steps a case (median after the first); "
              f"estimates for profile `{report['gpu_profile']}`, step-time efficiency {report['efficiency']} (uncalibrated).", "",
-             "| case | side | measured peak (allocated) | reserved | estimated peak | measured s/step | modelled s/step |",
-             "|---|---|---|---|---|---|---|"]
+             "| case | side | measured peak (allocated) | ratio | reserved | estimated peak | measured s/step | ratio | modelled s/step |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def peak_of(row: dict) -> int:
+        return row["measured"]["max_memory_allocated"] or row["measured"]["resident_plus_peak_increase"]
+
+    baseline = report["cases"][0]  # the ratios are against the LoRA baseline measured in this run
     for row in report["cases"]:
         if "skipped" in row:
-            lines.append(f"| {row['case']} | | skipped: {row['skipped']} | | | | |")
+            lines.append(f"| {row['case']} | | skipped: {row['skipped']} | | | | | | |")
             continue
         measured, estimated = row["measured"], row["estimated"]
-        peak = measured["max_memory_allocated"] or measured["resident_plus_peak_increase"]
         reserved = format_bytes(measured["max_memory_reserved"]) if measured["max_memory_reserved"] else "–"
-        lines.append(f"| {row['case']} | {row['side']} | {format_bytes(peak)} | {reserved} | {format_bytes(estimated['peak_bytes'])} | "
-                     f"{measured['median_seconds']:.3f} | {estimated['seconds']:.3f} |")
+        lines.append(f"| {row['case']} | {row['side']} | {format_bytes(peak_of(row))} | {peak_of(row) / peak_of(baseline):.2f} | {reserved} | "
+                     f"{format_bytes(estimated['peak_bytes'])} | {measured['median_seconds']:.3f} | "
+                     f"{measured['median_seconds'] / baseline['measured']['median_seconds']:.2f} | {estimated['seconds']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -36,5 +36,5 @@ def test_gpu_check_measures_every_case_beside_its_estimate(gpu_check, tmp_path, 
     assert cases["cached 50%"]["plan"]["residuals"]["mode"] == "cached"
     assert json.loads((out / "gpu_check-cpu.json").read_text()) == report
     table = (out / "gpu_check-cpu.md").read_text()
-    assert "| cached 50% | 32 |" in table and "uncalibrated" in table
+    assert "| cached 50% | 32 |" in table and "uncalibrated" in table and "| LoRA baseline | 64 |" in table
     assert not [path for path in tmp_path.iterdir() if path.name.startswith("blockskip")]  # the bank's scratch folder is gone
