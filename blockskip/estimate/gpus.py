@@ -61,6 +61,8 @@ def _profile(key, name, memory_gib, bf16, fp8, pcie_gen, rates_source, memory_so
 
 
 _ADA = "NVIDIA Ada Lovelace GPU architecture whitepaper (v1.03), appendix A, GeForce RTX 40 series specifications"
+_ADA_SCALED = ("NVIDIA Ada Lovelace GPU architecture whitepaper: the RTX 4090's per-SM tensor rate, scaled by the RTX 4070's "
+               "46 SMs and 2.475 GHz boost clock (NVIDIA RTX 4070 specifications page)")
 _AMPERE = "NVIDIA Ampere GA102 GPU architecture whitepaper, appendix A, FP16 tensor TFLOPs with FP32 accumulate (scaled by SM count and boost clock for GA106)"
 _BLACKWELL = "NVIDIA RTX Blackwell GPU architecture whitepaper, appendix A, GeForce RTX 5090"
 
@@ -68,7 +70,7 @@ GPUS: dict[str, GpuProfile] = {
     profile.key: profile
     for profile in (
         _profile("rtx3060-12gb", "GeForce RTX 3060 12 GB", 12, 25.6, None, 4, _AMPERE),
-        _profile("rtx4070-12gb", "GeForce RTX 4070 12 GB", 12, 58.3, 116.6, 4, _ADA),
+        _profile("rtx4070-12gb", "GeForce RTX 4070 12 GB", 12, 58.3, 116.6, 4, _ADA_SCALED),
         _profile("rtx4080-16gb", "GeForce RTX 4080 16 GB", 16, 97.5, 194.9, 4, _ADA),
         _profile("rtx4090-24gb", "GeForce RTX 4090 24 GB", 24, 165.2, 330.3, 4, _ADA),
         _profile("rtx5090-32gb", "GeForce RTX 5090 32 GB", 32, 209.5, 419.0, 5, _BLACKWELL),

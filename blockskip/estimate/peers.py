@@ -50,7 +50,7 @@ from .gpus import GpuProfile, get_gpu
 from .memory import format_bytes
 from .report import StepEstimate
 from .step import DTYPES, estimate_step
-from .step_time import StepTime, step_time
+from .step_time import StepTime, format_seconds, step_time
 from .training_memory import step_defaults
 
 NF4_BITS = 4.127  # 4-bit codes + an fp8 absmax per 64 weights + an fp32 scale per 256 absmaxes
@@ -210,7 +210,7 @@ def budget_markdown(rows: list[Strategy], budgets_gib: list[float], reserve_byte
     header = ["strategy", *(f"{budget:g} GiB" for budget in budgets_gib)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for group, cells in table.items():
-        text = [f"{cell.setting + ': ' if cell.setting else ''}{format_bytes(cell.peak_bytes)}, {cell.seconds:.2f} s"
+        text = [f"{cell.setting + ': ' if cell.setting else ''}{format_bytes(cell.peak_bytes)}, {format_seconds(cell.seconds)}"
                 if cell else "does not fit" for cell in cells]
         lines.append("| " + " | ".join([group, *text]) + " |")
     return "\n".join(lines)
@@ -220,11 +220,11 @@ def format_comparison(rows: list[Strategy], gpu: str | GpuProfile, reserve_bytes
     """A table: each strategy's peak, copies per step, modelled s/step and ratio, and whether it fits `gpu`."""
     profile = get_gpu(gpu) if isinstance(gpu, str) else gpu
     baseline = next(row for row in rows if row.kind == "baseline")
-    lines = [f"{'strategy':<44} {'side':>5} {'peak':>10} {'H2D/step':>10} {'s/step':>8} {'ratio':>6}  fits {profile.key}"]
+    lines = [f"{'strategy':<44} {'side':>5} {'peak':>10} {'H2D/step':>10} {'s/step':>10} {'ratio':>6}  fits {profile.key}"]
     for row in rows:
         fits = "yes" if row.peak_bytes + reserve_bytes <= profile.memory_bytes else "no"
         lines.append(f"{row.name:<44} {row.resolution:>5} {format_bytes(row.peak_bytes):>10} {format_bytes(row.traffic_bytes):>10} "
-                     f"{row.seconds:>8.3f} {row.seconds / baseline.seconds:>6.2f}  {fits}")
+                     f"{format_seconds(row.seconds):>10} {row.seconds / baseline.seconds:>6.2f}  {fits}")
     lines.append(f"s/step modelled on {profile.describe()}; efficiency {baseline.time.efficiency} (uncalibrated). "
                  f"Peaks are estimates; {format_bytes(reserve_bytes)} is reserved for the CUDA context.")
     return "\n".join(lines)

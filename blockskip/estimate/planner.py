@@ -51,7 +51,7 @@ from .gpus import GpuProfile, get_gpu
 from .memory import format_bytes
 from .report import StepEstimate
 from .step import DTYPES, estimate_step
-from .step_time import step_time
+from .step_time import format_seconds, step_time
 from .training_memory import step_defaults
 
 QUALITY_LEVELS = ("lossless", "bf16", "fp8")
@@ -120,14 +120,15 @@ class PlanChoice:
         """The search in order, the best fitting candidates with memory and s/step, then the choice."""
         lines = [f"budget {format_bytes(self.budget_bytes)} (minus {format_bytes(self.reserve_bytes)} reserve for the CUDA context); "
                  f"s/step modelled on {self.gpu}, uncalibrated"]
+        width = max(len(entry.candidate.describe()) for entry in self.tried)
         for entry in self.tried:
             price = format_bytes(entry.peak_bytes) if entry.peak_bytes is not None else "not priced"
-            seconds = f"{entry.seconds:.3f} s" if entry.seconds is not None else ""
-            lines.append(f"  {entry.candidate.describe():<62} {price:>10} {seconds:>9}  {entry.verdict}")
+            seconds = format_seconds(entry.seconds) if entry.seconds is not None else ""
+            lines.append(f"  {entry.candidate.describe():<{width}} {price:>10} {seconds:>9}  {entry.verdict}")
         ranking = self.ranking
         if len(ranking) > 1:
             lines.append(f"best {min(top, len(ranking))} that fit, by {self.prefer}:")
-            lines.extend(f"  {entry.candidate.describe():<62} {format_bytes(entry.peak_bytes):>10} {entry.seconds:>7.3f} s"
+            lines.extend(f"  {entry.candidate.describe():<{width}} {format_bytes(entry.peak_bytes):>10} {format_seconds(entry.seconds):>9}"
                          for entry in ranking[:top])
         reason = {"speed": "the fastest candidate that fits", "memory": "the smallest candidate that fits",
                   "quality": "the lowest-risk candidate that fits"}[self.prefer]
@@ -240,7 +241,7 @@ def plan_for_budget(
 
     def price(candidate: Candidate, resident_only: bool = False) -> StepEstimate:
         return estimate_step(config, plan_of(candidate), shape(candidate.resolution), setup, dtype=torch_dtype, device=device,
-                             residuals=residuals, label="BlockSkip", resident_only=resident_only)
+                             residuals=residuals, label="chosen plan", resident_only=resident_only)
 
     lossless = min_quality == "lossless"
     search = _Search(price, lambda estimate: estimate.peak_bytes + reserve_bytes <= budget_bytes, timing)

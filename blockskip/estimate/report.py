@@ -18,7 +18,7 @@ from typing import Any
 
 from .accounting import CATEGORIES
 from .memory import format_bytes
-from .step_time import StepTime, step_time
+from .step_time import StepTime, format_seconds, step_time
 
 
 @dataclass
@@ -121,9 +121,9 @@ class TrainingEstimate:
         lines.append(["host → device per step", *(format_bytes(sum(row.traffic.values())) for row in rows)])
         if self.gpu:
             times = [self.step_time(row) for row in rows]
-            lines.append([f"s/step on {self.gpu} (modelled)", *(f"{time.seconds:.3f}" for time in times)])
-            lines.append(["  compute", *(f"{time.compute_seconds:.3f}" for time in times)])
-            lines.append(["  copies not hidden", *(f"{time.exposed_seconds:.3f}" for time in times)])
+            lines.append([f"s/step on {self.gpu} (modelled)", *(format_seconds(time.seconds) for time in times)])
+            lines.append(["  compute", *(format_seconds(time.compute_seconds) for time in times)])
+            lines.append(["  copies not hidden", *(format_seconds(time.exposed_seconds) for time in times)])
         widths = [max(len(line[column]) for line in lines) for column in range(len(labels))]
         text = [
             "  ".join(cell.ljust(widths[0]) if column == 0 else cell.rjust(widths[column]) for column, cell in enumerate(line))

@@ -57,6 +57,15 @@ class StepTime:
         return {**asdict(self), "seconds": self.seconds}
 
 
+def format_seconds(seconds: float) -> str:
+    """Seconds at a readable scale: `format_seconds(0.6)` is '0.600 s', `format_seconds(3e-5)` '0.030 ms'."""
+    if seconds == 0 or seconds >= 0.01:
+        return f"{seconds:.3f} s"
+    if seconds >= 1e-5:
+        return f"{seconds * 1e3:.3f} ms"
+    return f"{seconds * 1e6:.3f} µs"
+
+
 def _exposed(total_copy: float, copies: int, runs: int, total_compute: float) -> float:
     """Copy time left over when each copy overlaps the compute of the block before it."""
     if copies == 0 or total_copy == 0:
