@@ -159,3 +159,20 @@ def test_default_sigma_sampling_is_kohyas_shifted_table_density():
     ours = kohya_sampler(args, train_size=256).sample(4000, torch.Generator().manual_seed(0))
     for quantile in (0.1, 0.5, 0.9):
         assert abs(float(kohya.flatten().quantile(quantile)) - float(ours.quantile(quantile))) < 0.03
+
+
+class _RunsCodeWhenUnpickled:
+    def __reduce__(self):
+        return (print, ("unpickling ran code",))
+
+
+def test_a_lora_file_holding_pickled_objects_is_refused_unopened(tmp_path, capsys):
+    from blockskip.integrations.kohya.guard import _load_keys
+
+    file = tmp_path / "lora.pt"
+    torch.save({"lora_unet_single_blocks_1_attn_qkv.lora_down.weight": _RunsCodeWhenUnpickled()}, file)
+    with pytest.raises(KohyaAdapterError, match="holds more than tensors"):
+        _load_keys(file)
+    assert "unpickling ran code" not in capsys.readouterr().out
+    torch.save({"lora_unet_single_blocks_1_attn_qkv.lora_down.weight": torch.zeros(2)}, file)
+    assert _load_keys(file) == ["lora_unet_single_blocks_1_attn_qkv.lora_down.weight"]

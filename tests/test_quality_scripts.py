@@ -22,8 +22,8 @@ def test_pretraining_resumes_to_the_same_weights(tmp_path):
     assert pretrain.main(["--out", str(tmp_path / "straight"), "--images", "8", *common]) == 0
     assert pretrain.main(["--out", str(tmp_path / "resumed"), "--images", "4", *common]) == 0  # interrupted here
     assert pretrain.main(["--out", str(tmp_path / "resumed"), "--images", "8", *common]) == 0
-    straight = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
-    resumed = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    straight = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
     assert straight["step"] == resumed["step"] == 4
     for name, tensor in straight["ema"].items():
         assert torch.equal(tensor, resumed["ema"][name]), name

@@ -228,7 +228,7 @@ def report(args) -> None:
         for subject in shown:
             path = out / "samples" / f"{_slug(name)}__{subject.name}__{seeds[0]}.pt"
             if path.exists():
-                grid_rows.append(torch.cat([references[subject.name], torch.load(path).float()]))
+                grid_rows.append(torch.cat([references[subject.name], torch.load(path, weights_only=True).float()]))
         if grid_rows:
             save_grid(grid_rows, image_dir / f"quality_{_slug(name)}.png", scale=3)
 

@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     state = {"step": 0, "images_seen": 0, "elapsed": 0.0, "loss_ema": 1.0, "args": {k: v for k, v in vars(args).items() if k not in {"export", "threads"}}}
     if checkpoint_path.exists():
-        saved = torch.load(checkpoint_path, weights_only=False)
+        saved = torch.load(checkpoint_path, weights_only=True)
         model.load_state_dict(saved["model"])
         ema.load_state_dict(saved["ema"])
         optimizer.load_state_dict(saved["optimizer"])

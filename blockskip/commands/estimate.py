@@ -7,16 +7,17 @@ import json
 from pathlib import Path
 
 from ..estimate.gpus import GPUS
+from .arguments import fraction, gib_list, output_file, positive_int
 
 
 def add_step_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments shared with `blockskip plan`: the model and what one training step looks like."""
     parser.add_argument("--model", required=True, help="a preset (flux.1-dev, sd3.5-large, ...), a config.json, or a model folder")
-    parser.add_argument("--frames", type=int, help="frames per sample, video models (default: the preset's)")
-    parser.add_argument("--text-length", type=int, help="text tokens (default: the model's training scripts')")
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--frames", type=positive_int, help="frames per sample, video models (default: the preset's)")
+    parser.add_argument("--text-length", type=positive_int, help="text tokens (default: the model's training scripts')")
+    parser.add_argument("--batch-size", type=positive_int, default=1)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--lora-rank", type=int, default=4)
+    parser.add_argument("--lora-rank", type=positive_int, default=4)
     parser.add_argument("--lora-targets", default="to_q,to_k,to_v,to_out.0", help="comma-separated layer suffixes")
     parser.add_argument("--optimizer", default="adamw", choices=["adamw", "adamw8bit", "sgd"])
     parser.add_argument("--residuals", choices=["online", "cached"], help="price online or cached residuals (default: the plan's)")
@@ -31,19 +32,19 @@ def register(commands) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--plan", help="a plan file")
     source.add_argument(
-        "--skip-ratio", type=float, default=0.3, help="skip this fraction of the blocks, split by the model's table (default 0.3)"
+        "--skip-ratio", type=fraction, default=0.3, help="skip this fraction of the blocks, split by the model's table (default 0.3)"
     )
-    parser.add_argument("--resolution", type=int, help="training side in pixels (default: the plan's patches.min_size)")
-    parser.add_argument("--baseline-resolution", type=int, help="the baseline's side (default: patches.max_size)")
+    parser.add_argument("--resolution", type=positive_int, help="training side in pixels (default: the plan's patches.min_size)")
+    parser.add_argument("--baseline-resolution", type=positive_int, help="the baseline's side (default: patches.max_size)")
     parser.add_argument("--lora-dtype", choices=["bfloat16", "float16", "float32"], help="LoRA weights' dtype (default: the model's)")
     parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, help="override the plan")
     parser.add_argument("--storage-dtype", choices=["none", "float8_e4m3fn", "float8_e5m2"], help="kept blocks' weight storage (override the plan)")
     parser.add_argument("--group-offload", action=argparse.BooleanOptionalAction, help="override the plan")
     parser.add_argument("--no-baseline", action="store_true", help="skip the unskipped baseline")
-    parser.add_argument("--plot", metavar="PNG", help="also draw peak memory and TFLOPs against skip ratio")
+    parser.add_argument("--plot", type=output_file, metavar="PNG", help="also draw peak memory and TFLOPs against skip ratio")
     parser.add_argument("--compare", action="store_true",
                         help="price block swap, group/layer offload, fp8/nf4 base weights and BlockSkip plans side by side (needs --gpu)")
-    parser.add_argument("--budgets", help="with --compare: GiB budgets, comma-separated: the fastest fitting setting of each strategy per budget")
+    parser.add_argument("--budgets", type=gib_list, help="with --compare: GiB budgets, comma-separated: the fastest fitting setting of each strategy per budget")
     parser.set_defaults(run=run)
 
 
@@ -89,7 +90,7 @@ def compare(args: argparse.Namespace) -> int:
         raise ValueError("--compare needs --gpu: the strategies are timed on a GPU profile")
     rows = compare_strategies(args.model, args.gpu, resolution=args.baseline_resolution, training_resolution=args.resolution,
                               text_length=args.text_length, frames=args.frames, batch_size=args.batch_size, dtype=args.dtype)
-    budgets = [float(budget) for budget in args.budgets.split(",")] if args.budgets else []
+    budgets = list(args.budgets or ())
     if args.json:
         print(json.dumps({"model": args.model, "gpu": args.gpu, "strategies": [row.to_dict() for row in rows]}, indent=2))
         return 0
@@ -133,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         sweep = sweep_skip_ratios(
             args.model, resolution=args.resolution, baseline_resolution=args.baseline_resolution, **step_options(args)
         )
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         draw_skip_sweep(sweep).save(args.plot)
         if not args.json:
             print(f"plot written to {args.plot}")

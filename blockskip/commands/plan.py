@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
+from .arguments import fraction, int_list, non_negative_gib, output_file, positive_gib
 from .estimate import add_step_arguments, step_options
 
 
 def register(commands) -> None:
     parser = commands.add_parser("plan", help="find the fastest plan that fits a GPU or a VRAM budget")
     add_step_arguments(parser)
-    parser.add_argument("--budget-gib", type=float, help="GPU memory available for training, GiB (default: the --gpu profile's)")
+    parser.add_argument("--budget-gib", type=positive_gib, help="GPU memory available for training, GiB (default: the --gpu profile's)")
     parser.add_argument(
         "--prefer",
         default="speed",
@@ -24,11 +25,11 @@ def register(commands) -> None:
         choices=["lossless", "bf16", "fp8"],
         help="lossless: only checkpointing/offload; bf16: also skipping and lower resolution; fp8: also fp8 weights (default)",
     )
-    parser.add_argument("--max-skip-ratio", type=float, default=0.5, help="largest skip ratio to consider (default 0.5)")
-    parser.add_argument("--resolutions", help="training sides to try, best first, comma-separated (default: the preset's)")
+    parser.add_argument("--max-skip-ratio", type=fraction, default=0.5, help="largest skip ratio to consider (default 0.5)")
+    parser.add_argument("--resolutions", type=int_list, help="training sides to try, best first, comma-separated (default: the preset's)")
     parser.add_argument("--no-offload", action="store_true", help="never offload kept weights (no per-step PCIe traffic)")
-    parser.add_argument("--reserve-gib", type=float, default=0.5, help="kept free for the CUDA context (default 0.5)")
-    parser.add_argument("-o", "--out", default="plan.json", help="where to write the plan (default plan.json)")
+    parser.add_argument("--reserve-gib", type=non_negative_gib, default=0.5, help="kept free for the CUDA context (default 0.5)")
+    parser.add_argument("-o", "--out", type=output_file, default="plan.json", help="where to write the plan (default plan.json)")
     parser.set_defaults(run=run)
 
 
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         prefer=args.prefer,
         min_quality=args.min_quality,
         max_skip_ratio=args.max_skip_ratio,
-        resolutions=tuple(int(side) for side in args.resolutions.split(",")) if args.resolutions else None,
+        resolutions=args.resolutions,
         allow_offload=not args.no_offload,
         reserve_bytes=int(args.reserve_gib * GIB),
         residuals=args.residuals or "online",

@@ -17,6 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .arguments import fraction, non_negative_int, output_file, positive_int
+
 
 def register(commands) -> None:
     parser = commands.add_parser(
@@ -34,25 +36,25 @@ def register(commands) -> None:
     )
     source.add_argument("--from-profile", metavar="PROFILE", help="reuse a saved profile instead of generating")
     choice = parser.add_argument_group("what to choose")
-    choice.add_argument("--ratio", type=float, help="skip ratio: k = round_half_up(ratio * N) blocks")
-    choice.add_argument("-o", "--output", metavar="PLAN", help="where to write the plan (JSON)")
-    choice.add_argument("--profile", metavar="PATH", help="where to write the profile (default: <plan>.profile.json)")
-    choice.add_argument("--plot", metavar="PNG", help="where to draw the masking curve (default: <plan>.png)")
+    choice.add_argument("--ratio", type=fraction, help="skip ratio: k = round_half_up(ratio * N) blocks")
+    choice.add_argument("-o", "--output", type=output_file, metavar="PLAN", help="where to write the plan (JSON)")
+    choice.add_argument("--profile", type=output_file, metavar="PATH", help="where to write the profile (default: <plan>.profile.json)")
+    choice.add_argument("--plot", type=output_file, metavar="PNG", help="where to draw the masking curve (default: <plan>.png)")
     choice.add_argument("--table", action="store_true", help="print the profile's skip table as a skip_table.py entry")
     probe = parser.add_argument_group("how to probe")
-    probe.add_argument("--window", type=int, default=14, help="blocks masked together on the curve (default 14)")
-    probe.add_argument("--stride", type=int, default=1, help="window step (default 1)")
+    probe.add_argument("--window", type=positive_int, default=14, help="blocks masked together on the curve (default 14)")
+    probe.add_argument("--stride", type=positive_int, default=1, help="window step (default 1)")
     probe.add_argument(
         "--max-skip", default=None, help="largest n and m to measure (default: k of --ratio; 'all' for N - 1)"
     )
-    probe.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds per prompt (default 0)")
-    probe.add_argument("--steps", type=int, default=20, help="inference steps (default 20)")
+    probe.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0], help="seeds per prompt (default 0)")
+    probe.add_argument("--steps", type=positive_int, default=20, help="inference steps (default 20)")
     probe.add_argument(
         "--embedder", default="latent",
         help="'latent' (no model; a fallback), or a DINO/CLIP folder, 'dino:PATH', 'clip:PATH' (default latent)",
     )
-    probe.add_argument("--height", type=int)
-    probe.add_argument("--width", type=int)
+    probe.add_argument("--height", type=positive_int)
+    probe.add_argument("--width", type=positive_int)
     probe.add_argument("--guidance-scale", type=float)
     probe.add_argument(
         "--pipeline-arg", action="append", default=[], metavar="KEY=JSON",

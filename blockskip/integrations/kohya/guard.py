@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import pickle
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,10 @@ def _load_keys(file: str | os.PathLike) -> list[str]:
             return list(opened.keys())
     import torch
 
-    return list(torch.load(file, map_location="cpu"))
+    try:  # weights_only: never unpickle code, whatever torch version kohya pins
+        return list(torch.load(file, map_location="cpu", weights_only=True))
+    except pickle.UnpicklingError as error:
+        raise KohyaAdapterError(f"the LoRA {file} holds more than tensors (pickled objects), so it is not loaded: {error}") from None
 
 
 def guard_network(network: Any, handle: BlockSkipHandle) -> Any:
