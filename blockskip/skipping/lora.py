@@ -3,6 +3,9 @@
 PEFT's `add_adapter` already puts LoRA only into kept blocks, because stand-ins hold no Linear
 layers. Trainers that pass explicit module lists get them from `lora_target_modules`.
 
+`save_lora` writes the weights with the plan in their metadata (`lora_files`), and replacing the
+weights file is the save's one commit point.
+
 Example:
     >>> from diffusers import FluxTransformer2DModel
     >>> from blockskip import apply_block_skip
@@ -16,16 +19,23 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
+from .lora_files import LORA_WEIGHT_NAME, PLAN_METADATA_KEY
 from .skip import BlockSkipError, get_block_skip
 
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+SCRATCH_PREFIX = ".blockskip-save-"
 
 
 def lora_target_modules(model: nn.Module, suffixes: Iterable[str] | None = None) -> list[str]:
@@ -58,16 +68,35 @@ def save_lora(model: nn.Module, directory: str | Path, adapter_name: str = "defa
     """Save the model's LoRA with diffusers' own `save_lora_adapter`, and the plan beside it.
 
     The weights keep the full model's key names, so `load_lora_adapter` on the unskipped model, or
-    a pipeline's `load_lora_weights`, loads them with no conversion.
+    a pipeline's `load_lora_weights`, loads them with no conversion. The save is atomic: until the
+    weights file is replaced in one rename, `directory` holds the previous LoRA untouched.
     """
     handle = get_block_skip(model)
     if handle is None:
         raise BlockSkipError("save_lora needs a model with apply_block_skip applied; use save_lora_adapter otherwise")
     directory = Path(directory)
-    with _quiet_dtype_cast_warning():
-        model.save_lora_adapter(directory, adapter_name=adapter_name, weight_name=LORA_WEIGHT_NAME)
+    directory.mkdir(parents=True, exist_ok=True)
+    for scratch in directory.glob(f"{SCRATCH_PREFIX}*"):  # left by a save that was killed
+        shutil.rmtree(scratch, ignore_errors=True)
+    plan_json = json.dumps(handle.plan.to_dict(), sort_keys=True)
+    with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=directory) as scratch:
+        with _quiet_dtype_cast_warning():
+            model.save_lora_adapter(scratch, adapter_name=adapter_name, weight_name=LORA_WEIGHT_NAME)
+        written = Path(scratch) / LORA_WEIGHT_NAME
+        with safe_open(str(written), framework="pt") as opened:
+            tensors = {key: opened.get_tensor(key) for key in opened.keys()}
+            metadata = dict(opened.metadata() or {})
+        staged = Path(scratch) / "staged.safetensors"
+        save_file(tensors, str(staged), metadata={**metadata, PLAN_METADATA_KEY: plan_json})
+        _fsync(staged)
+        os.replace(staged, directory / LORA_WEIGHT_NAME)  # the commit point
     handle.save_plan(directory)
     return directory
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as file:
+        os.fsync(file.fileno())
 
 
 @contextmanager

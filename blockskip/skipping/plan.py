@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .lora_files import LORA_WEIGHT_NAME, plan_in_weights
 from .plan_sections import (
     KEPT_BLOCK_FIELDS,
     MODEL_FIELDS,
@@ -133,7 +134,11 @@ class BlockSkipPlan:
             raise BlockSkipPlanError(
                 "(file)", f"{str(path)!r} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})"
             ) from error
-        return cls.from_dict(data)
+        plan = cls.from_dict(data)
+        weights = path.parent / LORA_WEIGHT_NAME
+        if path.name == PLAN_FILENAME and weights.is_file():
+            _check_against_weights(cls, plan, path, weights)
+        return plan
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as a JSON-compatible dict, with every field spelled out.
@@ -288,3 +293,17 @@ def _current_umask() -> int:
     os.umask(mask)
     return mask
 
+
+def _check_against_weights(cls, plan: "BlockSkipPlan", path: Path, weights: Path) -> None:
+    """A LoRA folder whose plan copy disagrees with the plan inside its weights is a torn save."""
+    try:
+        recorded = plan_in_weights(weights)
+    except Exception as error:  # noqa: BLE001 — a damaged weights file: say so rather than guess
+        raise BlockSkipPlanError("(file)", f"cannot read the LoRA weights beside {str(path)!r}: {error}") from error
+    if recorded is not None and cls.from_dict(recorded) != plan:
+        raise BlockSkipPlanError(
+            "(file)",
+            f"{str(path)!r} and the plan recorded in {weights.name} disagree — a save was interrupted between "
+            "the two; save the LoRA again (or, if the weights are the ones you want, write their recorded plan "
+            "with blockskip.skipping.lora_files.plan_in_weights)",
+        )
