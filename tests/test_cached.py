@@ -243,8 +243,8 @@ for index in range(6):
 kill_after = int(sys.argv[2])
 written = []
 original_add = precompute_module.BankWriter.add
-def add(self, key, tensors):
-    original_add(self, key, tensors)
+def add(self, key, tensors, inputs):
+    original_add(self, key, tensors, inputs)
     written.append(key)
     if len(written) == kill_after:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -7,7 +7,8 @@ It builds the `TrainingSchedule` (image sizes read from the files), the `Dynamic
 (the plan's patches, convention "sigma") and the `PipelineInputs`, runs `precompute_residuals`
 on the pipeline's transformer, and writes beside the bank what training needs to feed the same
 inputs: `schedule.json` (`TrainingSchedule.from_dict`) and `precompute.json` (the pipeline, dtype,
-input settings and image files). Running the same command again resumes an interrupted bank and
+input settings and image files). Running the same command again resumes an interrupted bank (from
+the same images and captions only: the entries already written are checked against them) and
 does nothing on a complete one.
 """
 
@@ -18,6 +19,8 @@ import json
 import os
 import sys
 from pathlib import Path
+
+from .arguments import non_negative_int, positive_float, positive_int
 
 DEVICES = ("cpu", "cuda")
 
@@ -30,21 +33,21 @@ def register(commands) -> None:
     parser.add_argument("--images", required=True, help="images with captions (metadata.jsonl or a .txt per image)")
     parser.add_argument("--plan", required=True, help="the plan file (its skip and patches are used)")
     parser.add_argument("--bank", help="the bank folder (default: the plan's residuals.bank)")
-    parser.add_argument("--steps", type=int, required=True, help="training steps the bank covers")
-    parser.add_argument("--batch-size", type=int, required=True, help="training batch size")
-    parser.add_argument("--seed", type=int, default=0, help="the schedule's seed (default 0)")
+    parser.add_argument("--steps", type=positive_int, required=True, help="training steps the bank covers")
+    parser.add_argument("--batch-size", type=positive_int, required=True, help="training batch size")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="the schedule's seed (default 0)")
     parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="pipeline dtype (default: bf16 on cuda, fp32 on cpu)")
     parser.add_argument("--device", choices=DEVICES, default="cpu", help="where the model runs; on cuda the "
                         "transformer's blocks are streamed to the GPU one at a time (default cpu)")
-    parser.add_argument("--chunk-size", type=int, default=8, help="samples per transformer forward (default 8)")
+    parser.add_argument("--chunk-size", type=positive_int, default=8, help="samples per transformer forward (default 8)")
     parser.add_argument("--sampler", default="uniform", help="noise-level sampler, NAME or NAME:key=value,... "
                         "(uniform, logit_normal:mean=0,std=1, mode:scale=1.29, sigmoid:scale=1; shift=S; default uniform)")
-    parser.add_argument("--max-sequence-length", type=int, help="text tokens (default: FLUX 512, SD3 77, Sana 300)")
+    parser.add_argument("--max-sequence-length", type=positive_int, help="text tokens (default: FLUX 512, SD3 77, Sana 300)")
     parser.add_argument("--guidance-scale", type=float, default=3.5, help="FLUX guidance input (default 3.5)")
     parser.add_argument("--default-prompt", help="caption for images that have none (else they are an error)")
-    parser.add_argument("--shard-mib", type=float, default=256.0, help="bank shard size; an interrupted run "
+    parser.add_argument("--shard-mib", type=positive_float, default=256.0, help="bank shard size; an interrupted run "
                         "resumes after the last complete shard (default 256)")
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for reading images")
+    parser.add_argument("--num-workers", type=non_negative_int, default=0, help="DataLoader workers for reading images")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 
@@ -72,9 +75,6 @@ def _precompute(args: argparse.Namespace) -> int:
     from ..training.pipeline_inputs import PipelineInputs, load_pipeline
     from ..training.precompute import precompute_residuals
 
-    for name in ("steps", "batch_size", "chunk_size"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
     plan = BlockSkipPlan.load(args.plan)
@@ -100,15 +100,16 @@ def _precompute(args: argparse.Namespace) -> int:
         return 0
 
     bank.mkdir(parents=True, exist_ok=True)
-    _write_json(bank / "schedule.json", schedule.to_dict())
-    _write_json(bank / "precompute.json", {
-        "pipeline": str(Path(args.pipeline).resolve()),
-        "dtype": dtype,
-        "inputs": inputs.settings(),
-        "images": str(images.root.resolve()),
-        "default_prompt": args.default_prompt,
-        "files": [path.relative_to(images.root).as_posix() for path in images.files],
-    })
+    if existing is None or not (bank / "precompute.json").is_file():  # a resume keeps the first run's record
+        _write_json(bank / "schedule.json", schedule.to_dict())
+        _write_json(bank / "precompute.json", {
+            "pipeline": str(Path(args.pipeline).resolve()),
+            "dtype": dtype,
+            "inputs": inputs.settings(),
+            "images": str(images.root.resolve()),
+            "default_prompt": args.default_prompt,
+            "files": [path.relative_to(images.root).as_posix() for path in images.files],
+        })
 
     device = torch.device(args.device)
     _encode_captions(pipeline, inputs, images.prompts, device)
@@ -117,9 +118,10 @@ def _precompute(args: argparse.Namespace) -> int:
     collator = DynamicPatchCollator(schedule.patches, convention="sigma")
     loader = DataLoader(schedule.dataset(images), batch_size=schedule.batch_size, shuffle=False,
                         collate_fn=collator, num_workers=args.num_workers)
-    done = {key for shard in (existing or {"shards": []})["shards"] for key in shard["keys"]}
+    # On a resume the entries already written are encoded again (no transformer pass) so that
+    # precompute_residuals can check they come from the same images and captions.
     summary = precompute_residuals(
-        transformer, plan, inputs.bank_inputs(loader, schedule, skip=done), bank, schedule=schedule,
+        transformer, plan, inputs.bank_inputs(loader, schedule), bank, schedule=schedule,
         chunk_size=args.chunk_size, device=device if args.device == "cuda" else None,
         num_entries=args.steps * args.batch_size, shard_bytes=max(1, int(args.shard_mib * 2**20)),
         progress=not args.no_progress,

@@ -256,7 +256,7 @@ def _open_bank(model: nn.Module, plan: BlockSkipPlan, schedule: Any) -> CachedRe
             f"the bank at {where} was computed for schedule {str(manifest['schedule'])[:12]}…, "
             f"not for this one ({schedule_hash[:12]}…)"
         )
-    return CachedResiduals(reader)
+    return CachedResiduals(reader, model)  # model: its inputs are checked against the bank's
 
 
 def _span_text(spans: list[dict]) -> str:

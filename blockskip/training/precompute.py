@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import json
 import shutil
 import time
 from contextlib import contextmanager
@@ -158,10 +159,11 @@ def _entry_tensors(spans: list[dict], records: dict, sample: int, dtype: torch.d
     return tensors
 
 
-def _chunks(inputs: Iterable, size: int, skip: set[str]) -> Iterator[list]:
+def _chunks(inputs: Iterable, size: int, writer: BankWriter) -> Iterator[list]:
     chunk = []
     for key, kwargs in inputs:
-        if key in skip:
+        if key in writer.input_hashes:
+            writer.check_inputs(key, kwargs)  # a resume: the written entry must come from this input
             continue
         chunk.append((key, kwargs))
         if len(chunk) == size:
@@ -192,7 +194,10 @@ def precompute_residuals(
     `forward_kwargs` are the transformer's keyword arguments for one sample (batch size 1).
     `schedule` (a `TrainingSchedule` or its fingerprint string) is recorded so training can
     check it uses the same one. `dtype` stores residuals in another dtype (bf16 halves the bank).
-    An interrupted call can be repeated with the same arguments: it resumes after the last shard.
+    Every entry records the hash of its `forward_kwargs`, which training compares with what it feeds.
+    An interrupted call can be repeated with the same arguments: it resumes after the last shard,
+    and refuses inputs other than those the written entries were made from (give them again: they
+    are hashed, not recomputed).
     With `device` set, the model is left with its blocks on the CPU and its other layers on `device`.
 
     Under several processes (`torch.distributed` initialised, e.g. by `accelerate launch`, or
@@ -221,19 +226,19 @@ def precompute_residuals(
     model.eval()
     try:
         with torch.no_grad(), _blocks_streamed_to(model, device):
-            for chunk in _chunks(inputs, chunk_size, writer.done):
+            for chunk in _chunks(inputs, chunk_size, writer):
                 records: dict = {}
                 batch = collate_inputs([kwargs for _, kwargs in chunk])
                 if device is not None:
                     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
                 with _capture(model, spans, records):
                     model(**batch)
-                for sample, (key, _) in enumerate(chunk):
+                for sample, (key, kwargs) in enumerate(chunk):
                     tensors = _entry_tensors(spans, records, sample, dtype)
                     if not checked_space and total is not None:
                         _check_disk_space(Path(bank_dir), tensors, total - already)
                         checked_space = True
-                    writer.add(key, tensors)
+                    writer.add(key, tensors, inputs=kwargs)
                 computed += len(chunk)
                 bar.update(len(chunk))
                 bar.set_postfix(written=f"{writer.bytes_written / 2**20:.1f} MiB")
@@ -274,6 +279,9 @@ def merge_bank_parts(folder: str | Path) -> None:
             raise BankError(f"{part} is incomplete; run the precompute again to finish it")
         if any(manifest[field] != manifests[0][field] for field in HEADER_FIELDS):
             raise BankError(f"{part} was computed for another model, plan or schedule than {parts[0]}")
+    shared = {json.dumps(m["shared_inputs"]) for m in manifests if m["shards"]}
+    if len(shared) > 1:
+        raise BankError(f"the parts in {folder} batch their inputs differently ({sorted(shared)}); run the precompute again")
     shards = [
         {**shard, "file": f"{part.name}/{shard['file']}"}
         for part, manifest in zip(parts, manifests)
@@ -285,6 +293,7 @@ def merge_bank_parts(folder: str | Path) -> None:
         **{field: manifests[0][field] for field in HEADER_FIELDS},
         "complete": True,
         "shards": shards,
+        "shared_inputs": json.loads(shared.pop()) if shared else None,
         "entries": sum(len(shard["keys"]) for shard in shards),
     }
     write_manifest(folder, merged)
