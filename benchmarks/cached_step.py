@@ -5,7 +5,12 @@
 Every run trains the same LoRA on the same scheduled batches (TrainingSchedule + collator). The
 cached run first precomputes its bank (timed separately), then trains with `handle.step(keys,
 next_keys=...)` so the next step's entries load in the background; the bank-wait share is the
-time `handle.step` blocked divided by the training time. Ratios are against full LoRA measured
+time `handle.step` blocked divided by the training time. The cached run is timed twice: with
+the per-step input check (the default: every forward's inputs hashed and compared with the
+bank's record) and with it off, so the check's cost is a ratio of the same run. Last, the model
+fingerprint a bank is opened with (every byte of every frozen weight hashed) is timed against the
+precompute, and the hash rate on 1 GiB of bf16 extrapolates it to FLUX.1-dev's 23.8 GB (an
+estimate: a CPU with more cores hashes on more threads). Ratios are against full LoRA measured
 in the same run. Not a test: it asserts nothing.
 """
 
@@ -28,6 +33,7 @@ from blockskip import (
     lora_target_modules,
     precompute_residuals,
 )
+from blockskip.residuals.fingerprint import model_fingerprint, weights_hash
 from blockskip.shapes.demo_data import CaptionEmbedder, build_demo_model, pack_images, subject_images
 
 SIZES = {
@@ -75,11 +81,13 @@ class Run:
             for row, key in enumerate(batch["blockskip_key"]):
                 yield key, {k: v[row : row + 1] if k not in ("img_ids", "txt_ids") else v for k, v in kwargs.items()}
 
-    def train(self, plan):
+    def train(self, plan, check_inputs: bool = True):
         model = build_demo_model(**self.overrides)
         handle = None
         if plan is not None:
             handle = apply_block_skip(model, plan, schedule=self.schedule if plan.residuals.mode == "cached" else None)
+            if handle.cache is not None:
+                handle.cache.check_inputs = check_inputs
         model.requires_grad_(False)
         targets = lora_target_modules(model, TARGETS) if handle else TARGETS
         model.add_adapter(LoraConfig(r=16, lora_alpha=16, target_modules=targets))
@@ -123,12 +131,36 @@ def main() -> None:
             full, _ = run.train(None)
             online, _ = run.train(run.online)
             cached, wait_share = run.train(run.cached)
+            unchecked, _ = run.train(run.cached, check_inputs=False)
+            model = build_demo_model(**run.overrides)
+            start = time.perf_counter()
+            model_fingerprint(model)
+            fingerprint_seconds = time.perf_counter() - start
+            weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         print(f"\n{size} model, {args.steps} steps × batch {args.batch}")
         print(f"  precompute: {summary.entries} entries, {summary.bytes_written / 2**20:.2f} MiB, {precompute_seconds:.2f} s")
-        print(f"  {'run':<8} {'s/step':>8} {'ratio':>6}")
-        for name, seconds in (("full", full), ("online", online), ("cached", cached)):
-            print(f"  {name:<8} {seconds:>8.4f} {seconds / full:>6.2f}")
-        print(f"  cached: {wait_share:.1%} of training time spent waiting on the bank")
+        print(f"  {'run':<24} {'s/step':>8} {'ratio':>6}")
+        rows = (("full", full), ("online", online), ("cached", cached), ("cached, input check off", unchecked))
+        for name, seconds in rows:
+            print(f"  {name:<24} {seconds:>8.4f} {seconds / full:>6.2f}")
+        print(f"  cached: {wait_share:.1%} of training time spent waiting on the bank; "
+              f"the input check costs {cached / unchecked - 1:+.1%} of a cached step")
+        print(f"  model fingerprint: {weight_bytes / 2**20:.1f} MiB of weights in {fingerprint_seconds:.3f} s "
+              f"= {fingerprint_seconds / precompute_seconds:.1%} of the precompute")
+    print()
+    print(hash_rate_line())
+
+
+def hash_rate_line(gib: float = 1.0) -> str:
+    """The whole-weights hash rate on `gib` GiB of bf16 tensors, and what it means for FLUX.1-dev."""
+    tensors = [(f"w{i}", torch.zeros(2**14, 2**14, dtype=torch.bfloat16)) for i in range(int(gib * 2))]  # 512 MiB each
+    start = time.perf_counter()
+    weights_hash(tensors)
+    seconds = time.perf_counter() - start
+    rate = gib * 2**30 / seconds
+    flux_bytes = 23.8e9
+    return (f"hash rate (measured): {rate / 1e9:.2f} GB/s on {gib:.0f} GiB of bf16; "
+            f"FLUX.1-dev's {flux_bytes / 1e9:.1f} GB would take {flux_bytes / rate:.1f} s (estimated from that rate)")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,10 @@ def _cases(tmp):
     plan.write_text(json.dumps({"skip": {"ratio": 0.3}}))
     folder = tmp / "folder"
     folder.mkdir()
+    deep, latin1, repeated = folder / "deep.json", folder / "latin1.json", folder / "repeated.json"
+    deep.write_text('{"skip": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    latin1.write_bytes('{"model": {"class": "Flüx"}}'.encode("latin-1"))
+    repeated.write_text('{"skip": {"leading": 1, "leading": 9}}')
     return {
         # bad paths
         "demo --plan missing": ["demo", "--plan", MISSING],
@@ -27,6 +31,9 @@ def _cases(tmp):
         "estimate --plan missing": ["estimate", "--model", "flux.1-dev", "--plan", MISSING],
         "estimate --model missing config": ["estimate", "--model", f"{MISSING}/config.json"],
         "plan -o into a missing folder's file": ["plan", "--model", "flux.1-dev", "--budget-gib", "8", "-o", str(plan / "x.json")],
+        "estimate --plan nested too deep": ["estimate", "--model", "flux.1-dev", "--plan", str(deep)],
+        "estimate --plan not UTF-8": ["estimate", "--model", "flux.1-dev", "--plan", str(latin1)],
+        "estimate --plan with a repeated key": ["estimate", "--model", "flux.1-dev", "--plan", str(repeated)],
         # bad numbers
         "demo --steps 0": ["demo", "--steps", "0"],
         "demo --steps abc": ["demo", "--steps", "abc"],

@@ -88,7 +88,7 @@ BAD_PLANS = [
     ({"residuals": {"mode": "cached"}}, "residuals.bank", "need the path"),
     ({"residuals": []}, "residuals", "expected an object"),
     ({"model": {"class": 3}}, "model.class", "not a string"),
-    ({"model": {"num_blocks": 0}}, "model.num_blocks", "must be >= 1"),
+    ({"model": {"num_blocks": 0}}, "model.num_blocks", "must be in 1..1000"),
     ({"format": "kohya.plan"}, "format", "is not"),
     ({"version": 2}, "version", "newer than this blockskip"),
     ({"version": "1"}, "version", "not an integer"),
@@ -115,7 +115,7 @@ def test_errors_echo_the_offending_value():
 
 
 def test_unreadable_file(tmp_path):
-    with pytest.raises(BlockSkipPlanError, match=r"\(file\): cannot read plan .*missing.json"):
+    with pytest.raises(BlockSkipPlanError, match=r"missing.json: cannot read the plan: No such file"):
         BlockSkipPlan.load(tmp_path / "missing.json")
 
 

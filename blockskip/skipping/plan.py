@@ -33,14 +33,12 @@ from typing import Any
 
 from .lora_files import LORA_WEIGHT_NAME, plan_in_weights
 from .plan_sections import (
-    KEPT_BLOCK_FIELDS,
-    MODEL_FIELDS,
+    MAX_BLOCKS,
+    MAX_CROP_SIZE,
     OFFLOAD_TARGETS,
-    PATCH_FIELDS,
     PATCH_SCHEDULES,
-    RESIDUAL_FIELDS,
     RESIDUAL_MODES,
-    SKIP_FIELDS,
+    SECTIONS,
     STORAGE_DTYPES,
     TOP_LEVEL_KEYS,
     BlockSkipPlanError,
@@ -50,10 +48,9 @@ from .plan_sections import (
     ResidualSettings,
     SkipSpec,
     as_dict,
-    is_int,
-    read_section,
     require,
 )
+from .plan_values import describe, field_value, parse_plan_bytes, read_section
 from .skip_table import SkipSplit, resolve_ratio
 
 PLAN_FORMAT = "blockskip.plan"
@@ -84,30 +81,28 @@ class BlockSkipPlan:
 
     @classmethod
     def from_dict(cls, data: Any) -> "BlockSkipPlan":
-        """Parse and validate a plan from its JSON-compatible dict."""
-        require(isinstance(data, dict), "(root)", f"a plan is a JSON object, got {json.dumps(data)[:80]}")
+        """Parse and validate a plan from its JSON-compatible dict.
+
+        Values may also be the natural Python spellings of JSON ones: a `pathlib.Path` for a
+        path, numpy numbers or 0-d tensors for numbers (see `plan_values`).
+        """
+        require(isinstance(data, dict), "(root)", f"a plan is a JSON object, got {describe(data)}")
         for key in data:
-            require(key in TOP_LEVEL_KEYS, key, f"unknown key (known: {', '.join(TOP_LEVEL_KEYS)})")
-        plan_format = data.get("format", PLAN_FORMAT)
-        require(plan_format == PLAN_FORMAT, "format", f"{json.dumps(plan_format)} is not {json.dumps(PLAN_FORMAT)}")
-        version = data.get("version", PLAN_VERSION)
-        require(is_int(version), "version", f"{json.dumps(version)} is not an integer")
+            name = key if isinstance(key, str) else describe(key)
+            require(key in TOP_LEVEL_KEYS, name, f"unknown key (known: {', '.join(TOP_LEVEL_KEYS)})")
+        plan_format = field_value(data.get("format", PLAN_FORMAT), "string", "format")
+        require(plan_format == PLAN_FORMAT, "format", f"{describe(plan_format)} is not {json.dumps(PLAN_FORMAT)}")
+        version = field_value(data.get("version", PLAN_VERSION), "integer", "version")
         require(
             version <= PLAN_VERSION,
             "version",
             f"{version} is newer than this blockskip understands ({PLAN_VERSION}); upgrade blockskip",
         )
         require(version >= 1, "version", f"{version} must be >= 1")
-        offload = data.get("offload", "cpu")
-        require(isinstance(offload, str), "offload", f"{json.dumps(offload)} is not a string")
-        return cls(
-            model=ModelCheck(**read_section(data.get("model"), "model", MODEL_FIELDS)),
-            skip=SkipSpec(**read_section(data.get("skip"), "skip", SKIP_FIELDS)),
-            residuals=ResidualSettings(**read_section(data.get("residuals"), "residuals", RESIDUAL_FIELDS)),
-            offload=offload,
-            patches=PatchSettings(**read_section(data.get("patches"), "patches", PATCH_FIELDS)),
-            kept_blocks=KeptBlockSettings(**read_section(data.get("kept_blocks"), "kept_blocks", KEPT_BLOCK_FIELDS)),
-        )
+        sections = {
+            name: section(**read_section(data.get(name), name, spec)) for name, (section, spec) in SECTIONS.items()
+        }
+        return cls(offload=field_value(data.get("offload", "cpu"), "string", "offload"), **sections)
 
     @classmethod
     def coerce(cls, plan: "BlockSkipPlan | dict | str | os.PathLike") -> "BlockSkipPlan":
@@ -116,7 +111,11 @@ class BlockSkipPlan:
             return plan
         if isinstance(plan, dict):
             return cls.from_dict(plan)
-        return cls.load(plan)
+        if isinstance(plan, (str, os.PathLike)) and str(plan):
+            return cls.load(plan)
+        raise BlockSkipPlanError(
+            "(plan)", f"a plan is a BlockSkipPlan, a dict or the path of a plan file, not {describe(plan)}"
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "BlockSkipPlan":
@@ -125,16 +124,10 @@ class BlockSkipPlan:
         if path.is_dir():
             path = path / PLAN_FILENAME
         try:
-            text = path.read_text(encoding="utf-8")
+            raw = path.read_bytes()
         except OSError as error:
-            raise BlockSkipPlanError("(file)", f"cannot read plan {str(path)!r}: {error.strerror or error}") from error
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise BlockSkipPlanError(
-                "(file)", f"{str(path)!r} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})"
-            ) from error
-        plan = cls.from_dict(data)
+            raise BlockSkipPlanError(str(path), f"cannot read the plan: {error.strerror or error}") from error
+        plan = cls.from_dict(parse_plan_bytes(raw, str(path)))
         weights = path.parent / LORA_WEIGHT_NAME
         if path.name == PLAN_FILENAME and weights.is_file():
             _check_against_weights(cls, plan, path, weights)
@@ -150,8 +143,7 @@ class BlockSkipPlan:
             "format": PLAN_FORMAT,
             "version": PLAN_VERSION,
             "model": {"class": self.model.class_name, "num_blocks": self.model.num_blocks},
-            "skip": {key: value for key, value in as_dict(self.skip).items() if value is not None}
-            or {"leading": 0, "trailing": 0},
+            "skip": {key: value for key, value in as_dict(self.skip).items() if value is not None},
             "residuals": as_dict(self.residuals),
             "offload": self.offload,
             "patches": as_dict(self.patches),
@@ -213,7 +205,10 @@ class BlockSkipPlan:
         skip = self.skip
         for name in ("leading", "trailing"):
             value = getattr(skip, name)
-            require(value is None or value >= 0, f"skip.{name}", f"{value} must be >= 0")
+            require(value is None or value >= 0, f"skip.{name}", f"{describe(value)} must be >= 0")
+            require(value is None or value <= MAX_BLOCKS, f"skip.{name}", f"{describe(value)} is more blocks than any model has (at most {MAX_BLOCKS})")
+        class_name = self.model.class_name
+        require(class_name is None or class_name.strip() != "", "model.class", "is empty; give the model's class name or null")
         if skip.ratio is not None:
             require(
                 skip.leading is None and skip.trailing is None,
@@ -223,7 +218,7 @@ class BlockSkipPlan:
             require(0 <= skip.ratio < 1, "skip.ratio", f"{skip.ratio} must be in [0, 1)")
         num_blocks = self.model.num_blocks
         if num_blocks is not None:
-            require(num_blocks >= 1, "model.num_blocks", f"{num_blocks} must be >= 1")
+            require(1 <= num_blocks <= MAX_BLOCKS, "model.num_blocks", f"{describe(num_blocks)} must be in 1..{MAX_BLOCKS}")
             for name in ("leading", "trailing"):
                 value = getattr(skip, name)
                 require(
@@ -248,6 +243,11 @@ class BlockSkipPlan:
         if residuals.mode == "cached":
             require(residuals.bank is not None, "residuals.bank", "cached residuals need the path of a residual bank")
         require(
+            residuals.bank is None or residuals.bank.strip() != "",
+            "residuals.bank",
+            "is empty (it would name the working directory); give the bank's folder or null",
+        )
+        require(
             self.offload in OFFLOAD_TARGETS,
             "offload",
             f"{json.dumps(self.offload)} is not one of {', '.join(OFFLOAD_TARGETS)}",
@@ -260,6 +260,13 @@ class BlockSkipPlan:
             )
 
         patches = self.patches
+        for name in ("min_size", "max_size", "multiple_of"):
+            value = getattr(patches, name)
+            require(
+                value is None or value <= MAX_CROP_SIZE,
+                f"patches.{name}",
+                f"{describe(value)} is past any training crop size (at most {MAX_CROP_SIZE} px)",
+            )
         require(patches.min_size > 0, "patches.min_size", f"{patches.min_size} must be > 0")
         require(
             patches.max_size >= patches.min_size,
@@ -299,11 +306,11 @@ def _check_against_weights(cls, plan: "BlockSkipPlan", path: Path, weights: Path
     try:
         recorded = plan_in_weights(weights)
     except Exception as error:  # noqa: BLE001 — a damaged weights file: say so rather than guess
-        raise BlockSkipPlanError("(file)", f"cannot read the LoRA weights beside {str(path)!r}: {error}") from error
+        raise BlockSkipPlanError(str(path), f"cannot read the LoRA weights beside it: {error}") from error
     if recorded is not None and cls.from_dict(recorded) != plan:
         raise BlockSkipPlanError(
-            "(file)",
-            f"{str(path)!r} and the plan recorded in {weights.name} disagree — a save was interrupted between "
+            str(path),
+            f"this plan and the plan recorded in {weights.name} disagree — a save was interrupted between "
             "the two; save the LoRA again (or, if the weights are the ones you want, write their recorded plan "
             "with blockskip.skipping.lora_files.plan_in_weights)",
         )

@@ -1,29 +1,36 @@
-"""The sections of a plan (`model`, `skip`, `residuals`, `patches`, `kept_blocks`) and how each is read from JSON.
+"""The sections of a plan (`model`, `skip`, `residuals`, `patches`, `kept_blocks`): their fields,
+the kind of value each field holds, and the bounds that keep a plan meaningful.
 
-`BlockSkipPlan` (in `plan`) puts them together and checks the rules that span sections.
+`BlockSkipPlan` (in `plan`) puts them together and checks the rules that span sections;
+`plan_values` turns JSON and a caller's Python values into these fields.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 RESIDUAL_MODES = ("online", "cached", "none")
 OFFLOAD_TARGETS = ("cpu", "none", "drop")
 PATCH_SCHEDULES = ("low_to_high", "high_to_low", "random", "resize", "fixed")
 STORAGE_DTYPES = ("float8_e4m3fn", "float8_e5m2")
 
+# Bounds on numbers no real plan comes near (the deepest supported model has 60 blocks, a
+# training crop rarely exceeds 2048 px): past them a value is a typo or garbage, not a choice.
+MAX_BLOCKS = 1000
+MAX_CROP_SIZE = 16384
+
 
 class BlockSkipPlanError(ValueError):
     """A plan is malformed, or does not fit the model it is applied to.
 
-    `path` is the JSON path of the offending value (`skip.leading`), or `(file)` for problems
-    with the file itself.
+    `path` is the JSON path of the offending value (`skip.leading`), the file's name for problems
+    with the file itself, or `(plan)` when what was given is not a plan at all.
     """
 
     def __init__(self, path: str, message: str):
         self.path = path
+        self.detail = message
         super().__init__(f"{path}: {message}")
 
 
@@ -37,11 +44,20 @@ class ModelCheck:
 
 @dataclass(frozen=True)
 class SkipSpec:
-    """Either explicit block counts or a ratio resolved per model (see `skip_table`)."""
+    """Either explicit block counts or a ratio resolved per model (see `skip_table`).
+
+    Without a ratio, a count left out is 0, so a plan read back from its own file is equal to it.
+    """
 
     leading: int | None = None
     trailing: int | None = None
     ratio: float | None = None
+
+    def __post_init__(self):
+        if self.ratio is None:
+            for name in ("leading", "trailing"):
+                if getattr(self, name) is None:
+                    object.__setattr__(self, name, 0)
 
 
 @dataclass(frozen=True)
@@ -92,52 +108,53 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-# A field spec: JSON key -> (attribute name, type check, type name, allows null).
-FieldSpec = dict[str, tuple[str, Callable[[Any], bool], str, bool]]
+# A kind of value: how to recognise it, and how an error names it.
+VALUE_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "integer": (is_int, "an integer"),
+    "number": (is_number, "a number"),
+    "string": (lambda v: isinstance(v, str), "a string"),
+    "path": (lambda v: isinstance(v, str), "a string (a path)"),
+    "boolean": (lambda v: isinstance(v, bool), "true or false"),
+}
 
-MODEL_FIELDS: FieldSpec = {
-    "class": ("class_name", lambda v: isinstance(v, str), "a string", True),
-    "num_blocks": ("num_blocks", is_int, "an integer", True),
-}
+
+class Field(NamedTuple):
+    """One JSON key of a section: the dataclass attribute it fills, its kind, whether null is allowed."""
+
+    attribute: str
+    kind: str
+    nullable: bool
+
+
+FieldSpec = dict[str, Field]
+
+MODEL_FIELDS: FieldSpec = {"class": Field("class_name", "string", True), "num_blocks": Field("num_blocks", "integer", True)}
 SKIP_FIELDS: FieldSpec = {
-    "leading": ("leading", is_int, "an integer", True),
-    "trailing": ("trailing", is_int, "an integer", True),
-    "ratio": ("ratio", is_number, "a number", True),
+    "leading": Field("leading", "integer", True),
+    "trailing": Field("trailing", "integer", True),
+    "ratio": Field("ratio", "number", True),
 }
-RESIDUAL_FIELDS: FieldSpec = {
-    "mode": ("mode", lambda v: isinstance(v, str), "a string", False),
-    "bank": ("bank", lambda v: isinstance(v, str), "a string", True),
-}
+RESIDUAL_FIELDS: FieldSpec = {"mode": Field("mode", "string", False), "bank": Field("bank", "path", True)}
 PATCH_FIELDS: FieldSpec = {
-    "min_size": ("min_size", is_int, "an integer", False),
-    "max_size": ("max_size", is_int, "an integer", False),
-    "multiple_of": ("multiple_of", is_int, "an integer", True),
-    "schedule": ("schedule", lambda v: isinstance(v, str), "a string", False),
+    "min_size": Field("min_size", "integer", False),
+    "max_size": Field("max_size", "integer", False),
+    "multiple_of": Field("multiple_of", "integer", True),
+    "schedule": Field("schedule", "string", False),
 }
 KEPT_BLOCK_FIELDS: FieldSpec = {
-    "gradient_checkpointing": ("gradient_checkpointing", lambda v: isinstance(v, bool), "true or false", False),
-    "storage_dtype": ("storage_dtype", lambda v: isinstance(v, str), "a string", True),
-    "group_offload": ("group_offload", lambda v: isinstance(v, bool), "true or false", False),
+    "gradient_checkpointing": Field("gradient_checkpointing", "boolean", False),
+    "storage_dtype": Field("storage_dtype", "string", True),
+    "group_offload": Field("group_offload", "boolean", False),
+}
+# JSON key -> (dataclass, fields), in the order a plan is written.
+SECTIONS: dict[str, tuple[type, FieldSpec]] = {
+    "model": (ModelCheck, MODEL_FIELDS),
+    "skip": (SkipSpec, SKIP_FIELDS),
+    "residuals": (ResidualSettings, RESIDUAL_FIELDS),
+    "patches": (PatchSettings, PATCH_FIELDS),
+    "kept_blocks": (KeptBlockSettings, KEPT_BLOCK_FIELDS),
 }
 TOP_LEVEL_KEYS = ("format", "version", "model", "skip", "residuals", "offload", "patches", "kept_blocks")
-
-
-def read_section(data: Any, path: str, spec: FieldSpec) -> dict[str, Any]:
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise BlockSkipPlanError(path, f"expected an object, got {json.dumps(data)}")
-    values = {}
-    for key, value in data.items():
-        if key not in spec:
-            raise BlockSkipPlanError(f"{path}.{key}", f"unknown key (known: {', '.join(spec)})")
-        attribute, check, type_name, nullable = spec[key]
-        if value is None and nullable:
-            continue
-        if not check(value):
-            raise BlockSkipPlanError(f"{path}.{key}", f"{json.dumps(value)} is not {type_name}")
-        values[attribute] = value
-    return values
 
 
 def require(condition: bool, path: str, message: str) -> None:
