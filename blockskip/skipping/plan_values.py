@@ -17,7 +17,7 @@ Example:
     >>> parse_plan_bytes(b'{"skip": {}, "skip": {}}', "plan.json")
     Traceback (most recent call last):
     ...
-    blockskip.skipping.plan_sections.BlockSkipPlanError: plan.json: duplicate key "skip" (line 1, column 1); a JSON object names each key once
+    blockskip.skipping.plan_sections.BlockSkipPlanError: plan.json: duplicate key "skip" (line 1, column 14); a JSON object names each key once
 """
 
 from __future__ import annotations
