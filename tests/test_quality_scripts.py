@@ -29,6 +29,40 @@ def test_pretraining_resumes_to_the_same_weights(tmp_path):
         assert torch.equal(tensor, resumed["ema"][name]), name
 
 
+def test_multi_resolution_pretraining_resumes_to_the_same_weights(tmp_path):
+    pretrain = _load("pretrain")
+    common = ["--batch-size", "2", "--checkpoint-every", "1", "--preview-every", "1000", "--threads", "1",
+              "--sides", "16,24", "--crop-fraction", "0.5", "--config", '{"num_single_layers": 2}']
+    assert pretrain.main(["--out", str(tmp_path / "straight"), "--images", "8", *common]) == 0
+    assert pretrain.main(["--out", str(tmp_path / "resumed"), "--images", "4", *common]) == 0
+    assert pretrain.main(["--out", str(tmp_path / "resumed"), "--images", "8", *common]) == 0
+    straight = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
+    assert not any(name.startswith("single_transformer_blocks.2.") for name in straight["ema"])
+    for name, tensor in straight["ema"].items():
+        assert torch.equal(tensor, resumed["ema"][name]), name
+
+
+def test_each_step_draws_its_side_and_crop_from_its_own_seed():
+    pretrain = _load("pretrain")
+    from blockskip.shapes import ShapesTextEncoder
+
+    encoder = ShapesTextEncoder()
+    views = [pretrain.step_view(torch.Generator().manual_seed(step), [32, 64], [3, 1], 0.5) for step in range(400)]
+    share_32 = sum(side == 32 for side, _ in views) / len(views)
+    crops = [(side, rendered) for side, rendered in views if rendered != side]
+    assert 0.68 < share_32 < 0.82  # 3:1, four standard errors either side
+    assert 0.42 < len(crops) / len(views) < 0.58
+    assert all(side < rendered <= 2 * side and rendered % 4 == 0 for side, rendered in crops)
+    tokens, ids, *_ = pretrain.training_batch(7, 2, encoder, 0, [16, 40], None, 1.0)
+    again, _, *_ = pretrain.training_batch(7, 2, encoder, 0, [16, 40], None, 1.0)
+    assert torch.equal(tokens, again) and tokens.shape[1] == ids.shape[0] in (16, 100)
+    # One side and no crops draw nothing extra: the first pretraining run's batches are unchanged.
+    generator = torch.Generator().manual_seed(3)
+    assert pretrain.step_view(generator, [32], None, 0.0) == (32, 32)
+    assert torch.equal(generator.get_state(), torch.Generator().manual_seed(3).get_state())
+
+
 def test_benchmark_runs_resumes_and_reports(tmp_path, capsys):
     personalize = _load("personalize")
     run = ["--out", str(tmp_path / "run"), "--subjects", "1", "--steps", "2", "--rows", "full LoRA", "skip 40% online",

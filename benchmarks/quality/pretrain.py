@@ -13,6 +13,14 @@ Recipe: batch 32, AdamW lr 6e-4 (200 warm-up steps), EMA 0.999, σ ~ logit-norma
 ‖v − (ε − x₀)‖²; captions: 10% empty (for classifier-free guidance), otherwise each attribute role
 (size, colour, pattern, accent, texture) left out with probability 0.15, so partial captions such as
 "large sks circle on navy" are in distribution.
+
+Multi-resolution, as FLUX is pretrained: `--sides 32,48,64` draws each step's side (weighted by
+`--side-weights`), so every side the benchmark trains or samples at is in distribution; position
+ids are the token grid of that side, as FLUX's are of its latent. `--crop-fraction f` makes a share
+f of the batches crops: the scene rendered up to 2× larger and a window of the step's side cut out
+of it, what a timestep-aware crop resized to a low side shows the model. `--config '{"num_attention_heads": 4}'`
+changes the architecture; `--device cuda --bf16` trains on a GPU. With the defaults (one side 32,
+no crops) the batches are exactly those of the first pretraining run.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from blockskip.shapes import (
 )
 from blockskip.shapes.generate import velocity
 from blockskip.shapes.grid import save_grid
-from blockskip.shapes.model import CARD_FILE, SHAPES_DIT_CONFIG, WEIGHTS_FILE
+from blockskip.shapes.model import CARD_FILE, PIXELS_PER_TOKEN, SHAPES_DIT_CONFIG, WEIGHTS_FILE
 from blockskip.shapes.scenes import caption
 
 ROLES = ("size", "colour", "pattern", "accent", "texture")
@@ -51,8 +59,30 @@ PREVIEW_PROMPTS = [
 ]
 
 
-def training_batch(step: int, batch_size: int, encoder: ShapesTextEncoder, seed: int):
+def step_view(generator: torch.Generator, sides: list[int], weights: list[float] | None, crop_fraction: float) -> tuple[int, int]:
+    """(side, rendered side) of one step's batch: the side it trains at and, for a crop, the larger
+    side its scenes are rendered at before a window of `side` is cut out."""
+    side = sides[0]
+    if len(sides) > 1:  # drawn only when there is a choice, so one-side runs keep their batches
+        chances = torch.tensor([float(w) for w in weights] if weights else [1.0] * len(sides))
+        side = sides[int(torch.multinomial(chances, 1, generator=generator))]
+    rendered = side
+    if crop_fraction and torch.rand((), generator=generator) < crop_fraction:
+        zoom = 1 + float(torch.rand((), generator=generator))
+        rendered = max(side + PIXELS_PER_TOKEN, round(side * zoom / PIXELS_PER_TOKEN) * PIXELS_PER_TOKEN)
+    return side, rendered
+
+
+def _window(image: torch.Tensor, side: int, generator: torch.Generator) -> torch.Tensor:
+    spare = image.shape[-1] - side
+    top, left = (int(torch.randint(0, spare + 1, (), generator=generator)) for _ in range(2))
+    return image[:, top : top + side, left : left + side]
+
+
+def training_batch(step: int, batch_size: int, encoder: ShapesTextEncoder, seed: int,
+                   sides: list[int] = (32,), side_weights: list[float] | None = None, crop_fraction: float = 0.0):
     generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    side, rendered = step_view(generator, list(sides), side_weights, crop_fraction)
     scenes = [sample_scene(generator) for _ in range(batch_size)]
     prompts = []
     for scene in scenes:
@@ -61,7 +91,9 @@ def training_batch(step: int, batch_size: int, encoder: ShapesTextEncoder, seed:
             continue
         dropped = frozenset(role for role in ROLES if torch.rand((), generator=generator) < 0.15)
         prompts.append(caption(scene, drop=dropped))
-    images = torch.stack([render(scene) for scene in scenes])
+    images = torch.stack([render(scene, rendered) for scene in scenes])
+    if rendered != side:
+        images = torch.stack([_window(image, side, generator) for image in images])
     tokens, ids = pack(images)
     text, pooled = encoder(prompts)
     sigma = torch.sigmoid(torch.randn(batch_size, generator=generator))
@@ -72,14 +104,15 @@ def training_batch(step: int, batch_size: int, encoder: ShapesTextEncoder, seed:
 class StepBatches(torch.utils.data.Dataset):
     """Batch number `step` of the run; a DataLoader worker renders the next batches while the model trains."""
 
-    def __init__(self, batch_size: int, seed: int):
+    def __init__(self, batch_size: int, seed: int, sides: list[int], side_weights: list[float] | None, crop_fraction: float):
         self.batch_size, self.seed, self.encoder = batch_size, seed, ShapesTextEncoder()
+        self.sides, self.side_weights, self.crop_fraction = sides, side_weights, crop_fraction
 
     def __len__(self) -> int:
         return 10**9
 
     def __getitem__(self, step: int):
-        return training_batch(step, self.batch_size, self.encoder, self.seed)
+        return training_batch(step, self.batch_size, self.encoder, self.seed, self.sides, self.side_weights, self.crop_fraction)
 
 
 def _one_thread(worker_id: int) -> None:
@@ -100,7 +133,7 @@ def export(state: dict, command: str) -> None:
     save_file(weights, str(WEIGHTS_FILE), metadata={"format": "pt"})
     card = {
         "model": "FluxTransformer2DModel",
-        "config": SHAPES_DIT_CONFIG,
+        "config": {**SHAPES_DIT_CONFIG, **(state["args"].get("config") or {})},
         "parameters": sum(t.numel() for t in weights.values()),
         "dtype": "float16 (EMA weights)",
         "images_seen": state["images_seen"],
@@ -109,10 +142,32 @@ def export(state: dict, command: str) -> None:
         "final_loss_ema": round(state["loss_ema"], 4),
         "recipe": {key: value for key, value in state["args"].items() if key != "out"},  # the run folder is a machine path
         "command": command,
-        "hardware": "2 CPU cores (shared), torch CPU",
+        "hardware": state.get("hardware", "2 CPU cores (shared), torch CPU"),
     }
     CARD_FILE.write_text(json.dumps(card, indent=2) + "\n")
     print(f"exported {WEIGHTS_FILE} ({WEIGHTS_FILE.stat().st_size / 1e6:.1f} MB) and {CARD_FILE}")
+
+
+def _sides(text: str) -> list[int]:
+    sides = [int(part) for part in text.split(",")]
+    if any(side < PIXELS_PER_TOKEN or side % PIXELS_PER_TOKEN for side in sides):
+        raise argparse.ArgumentTypeError(f"sides must be positive multiples of {PIXELS_PER_TOKEN}, got {text}")
+    return sides
+
+
+def _weights(text: str) -> list[float]:
+    weights = [float(part) for part in text.split(",")]
+    if any(not weight >= 0 for weight in weights) or not sum(weights) > 0:
+        raise argparse.ArgumentTypeError(f"weights must be non-negative with a positive sum, got {text}")
+    return weights
+
+
+def _flag(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(item) for item in value)
+    if isinstance(value, dict):
+        return "'" + json.dumps(value) + "'"
+    return str(value)
 
 
 def main(argv=None) -> int:
@@ -126,24 +181,39 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--checkpoint-every", type=int, default=200)
     parser.add_argument("--preview-every", type=int, default=1000)
+    parser.add_argument("--sides", type=_sides, default=[32], help="training sides in px, multiples of 4, comma-separated")
+    parser.add_argument("--side-weights", type=_weights, default=None, help="relative chance of each side (default: equal)")
+    parser.add_argument("--crop-fraction", type=float, default=0.0, help="share of batches that are zoomed-in crops")
+    parser.add_argument("--config", type=json.loads, default=None, help="JSON overrides of the architecture")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (on a GPU)")
     parser.add_argument("--export", action="store_true", help="write the EMA weights into the package and stop")
     args = parser.parse_args(argv)
+    if args.side_weights is not None and len(args.side_weights) != len(args.sides):
+        parser.error(f"--side-weights gives {len(args.side_weights)} weights for {len(args.sides)} sides")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out / "checkpoint.pt"
 
-    model = build_shapes_dit(args.seed)
+    device = torch.device(args.device)
+    model = build_shapes_dit(args.seed, args.config).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    state = {"step": 0, "images_seen": 0, "elapsed": 0.0, "loss_ema": 1.0, "args": {k: v for k, v in vars(args).items() if k not in {"export", "threads"}}}
+    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads, torch CPU"
+    recorded = {k: v for k, v in vars(args).items() if k not in {"export", "threads", "device", "bf16"}}
+    state = {"step": 0, "images_seen": 0, "elapsed": 0.0, "loss_ema": 1.0, "args": recorded, "hardware": hardware}
     if checkpoint_path.exists():
-        saved = torch.load(checkpoint_path, weights_only=True)
+        saved = torch.load(checkpoint_path, weights_only=True, map_location=device)
+        if saved["args"].get("config") != args.config and not args.export:
+            parser.error(f"{checkpoint_path} was trained with --config {json.dumps(saved['args'].get('config'))}; resume with it")
         model.load_state_dict(saved["model"])
         ema.load_state_dict(saved["ema"])
         optimizer.load_state_dict(saved["optimizer"])
         state.update({k: saved[k] for k in ("step", "images_seen", "elapsed", "loss_ema")})
+        if saved.get("hardware", hardware) != hardware:
+            state["hardware"] = f"{saved['hardware']}, then {hardware}"
         print(f"resumed at step {state['step']} ({state['images_seen']} images, {state['elapsed'] / 60:.1f} min)")
 
     def snapshot():
@@ -152,13 +222,13 @@ def main(argv=None) -> int:
     if args.export:
         # The recipe and command are those of the run that trained the checkpoint.
         recipe = saved["args"] if checkpoint_path.exists() else state["args"]
-        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in recipe.items() if v is not None and k != "out")
-        export({**state, "args": recipe, "ema": ema.state_dict()}, f"python benchmarks/quality/pretrain.py --out RUN_DIR {flags} --threads 1")
+        flags = " ".join(f"--{k.replace('_', '-')} {_flag(v)}" for k, v in recipe.items() if v is not None and k != "out")
+        export({**state, "args": recipe, "ema": ema.state_dict()}, f"python benchmarks/quality/pretrain.py --out RUN_DIR {flags}")
         return 0
 
     encoder = ShapesTextEncoder()
     batches = torch.utils.data.DataLoader(
-        StepBatches(args.batch_size, args.seed),
+        StepBatches(args.batch_size, args.seed, args.sides, args.side_weights, args.crop_fraction),
         batch_size=None,
         sampler=range(state["step"], 10**9),
         num_workers=1,
@@ -170,8 +240,11 @@ def main(argv=None) -> int:
     for step, (tokens, ids, text, pooled, sigma, noise) in zip(range(state["step"], 10**9), batches):
         if state["images_seen"] >= args.images or (args.minutes is not None and state["elapsed"] >= args.minutes * 60):
             break
+        tokens, ids, text, pooled, sigma, noise = (t.to(device, non_blocking=True) for t in (tokens, ids, text, pooled, sigma, noise))
         noisy = (1 - sigma[:, None, None]) * tokens + sigma[:, None, None] * noise
-        loss = torch.nn.functional.mse_loss(velocity(model, noisy, ids, text, pooled, sigma), noise - tokens)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            predicted = velocity(model, noisy, ids, text, pooled, sigma)
+        loss = torch.nn.functional.mse_loss(predicted.float(), noise - tokens)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         for group in optimizer.param_groups:
@@ -193,7 +266,7 @@ def main(argv=None) -> int:
         if state["step"] % args.checkpoint_every == 0:
             atomic_save(snapshot(), checkpoint_path)
         if state["step"] % args.preview_every == 0:
-            rows = [generate(ema, encoder, PREVIEW_PROMPTS, seed=s, steps=20) for s in range(3)]
+            rows = [generate(ema, encoder, PREVIEW_PROMPTS, seed=s, steps=20, size=max(args.sides)) for s in range(3)]
             save_grid([torch.stack(list(column)) for column in zip(*rows)], out / f"preview_{state['step']:06d}.png")
             start = time.perf_counter()  # previews are not training time
     atomic_save(snapshot(), checkpoint_path)

@@ -40,22 +40,28 @@ WEIGHTS_FILE = WEIGHTS_DIR / "shapes-dit.safetensors"
 CARD_FILE = WEIGHTS_DIR / "shapes-dit.json"
 
 
-def build_shapes_dit(seed: int = 0) -> nn.Module:
-    """The architecture with seeded random weights (4 double + 8 single blocks, width 96, ~2.5M parameters)."""
+def build_shapes_dit(seed: int = 0, config: dict | None = None) -> nn.Module:
+    """The architecture with seeded random weights (4 double + 8 single blocks, width 96, ~2.5M
+    parameters); `config` overrides entries of `SHAPES_DIT_CONFIG` (a wider or deeper world model)."""
     from diffusers import FluxTransformer2DModel
 
     torch.manual_seed(seed)
-    return FluxTransformer2DModel.from_config(dict(SHAPES_DIT_CONFIG))
+    return FluxTransformer2DModel.from_config({**SHAPES_DIT_CONFIG, **(config or {})})
 
 
 def load_shapes_dit(path: str | Path | None = None) -> nn.Module:
-    """The pretrained shapes DiT shipped with blockskip (or the checkpoint at `path`), in eval mode."""
+    """The pretrained shapes DiT shipped with blockskip (or the checkpoint at `path`), in eval mode.
+
+    The architecture is the one in the model card beside the weights (`<name>.json`), so a
+    checkpoint pretrained with another config loads as it was trained.
+    """
     from safetensors.torch import load_file
 
     path = Path(path) if path is not None else WEIGHTS_FILE
     if not path.exists():
         raise FileNotFoundError(f"no shapes DiT checkpoint at {path}; train one with benchmarks/quality/pretrain.py")
-    model = build_shapes_dit()
+    card = path.with_suffix(".json")
+    model = build_shapes_dit(config=json.loads(card.read_text())["config"] if card.is_file() else None)
     state = {name: tensor.float() for name, tensor in load_file(str(path)).items()}
     model.load_state_dict(state)
     return model.eval().requires_grad_(False)

@@ -33,6 +33,13 @@ class ShapesTextEncoder(nn.Module):
             self._words[word] = torch.randn(self.dim, generator=generator)
         return self._words[word]
 
+    def token_vector(self, token: str, like: str | None = None) -> torch.Tensor:
+        """The live vector of `token` (started from `like`'s vector if given): updating it in place
+        changes every later encoding, which is how textual inversion trains a new word."""
+        if like is not None:
+            self._words[token] = self.word_vector(like).clone()
+        return self.word_vector(token)
+
     @torch.no_grad()
     def forward(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts -> (tokens (B, max_tokens, dim), pooled (B, dim))."""

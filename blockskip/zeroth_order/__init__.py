@@ -1,0 +1,17 @@
+"""Forward-only training: zeroth-order steps, BP-low / ZO-high selective optimization, and
+zeroth-order textual inversion with subspace gradients (see docs/zeroth_order.md)."""
+
+from .optimizer import ZerothOrderOptimizer, ZerothOrderResult
+from .selective import SelectiveOptimization, TimestepAwareProbability
+from .subspace import SubspaceGradient
+from .textual_inversion import ZerothOrderTextualInversion, embedding_row
+
+__all__ = [
+    "SelectiveOptimization",
+    "SubspaceGradient",
+    "TimestepAwareProbability",
+    "ZerothOrderOptimizer",
+    "ZerothOrderResult",
+    "ZerothOrderTextualInversion",
+    "embedding_row",
+]
