@@ -34,12 +34,7 @@ FUZZ = settings()  # the profile from conftest.py (ci or long)
 
 
 def _samples(case, count=4, seed=0):
-    samples = []
-    for index in range(count):
-        kwargs = case.inputs(seed=seed + index, batch=1)
-        kwargs.pop("return_dict", None)
-        samples.append((f"e{index}", kwargs))
-    return samples
+    return case.bank_samples(count, seed)
 
 
 def _plan(bank):

@@ -23,13 +23,7 @@ PLANS = {
 
 
 def _samples(case, count=5, seed=0):
-    """(key, kwargs) per sample; each sample is a batch-1 slice of a random batch."""
-    samples = []
-    for index in range(count):
-        kwargs = case.inputs(seed=seed + index, batch=1)
-        kwargs.pop("return_dict", None)
-        samples.append((f"e{index}", kwargs))
-    return samples
+    return case.bank_samples(count, seed)
 
 
 def _cached_plan(family, bank, **extra):

@@ -81,6 +81,15 @@ class TinyCase:
         kwargs["return_dict"] = False
         return kwargs
 
+    def bank_samples(self, count: int, seed: int = 0) -> list[tuple[str, dict]]:
+        """``(key, kwargs)`` per sample, keys ``e0, e1, …``: batch-1 inputs as a bank precompute takes them."""
+        samples = []
+        for index in range(count):
+            kwargs = self.inputs(seed=seed + index, batch=1)
+            kwargs.pop("return_dict", None)
+            samples.append((f"e{index}", kwargs))
+        return samples
+
     def output(self, result: Any) -> torch.Tensor:
         """The main output tensor of ``model(**inputs)``."""
         if isinstance(result, (tuple, list)):

@@ -219,7 +219,7 @@ def precompute_residuals(
     writer = BankWriter(bank_dir, header, shard_bytes=shard_bytes)
     total = num_entries
     device = torch.device(device) if device is not None else None
-    already = len(writer.done)
+    already = len(writer.input_hashes)
     computed, started, checked_space = 0, time.perf_counter(), False
     bar = tqdm(total=total, initial=already, unit="sample", desc="precompute", disable=not progress)
     model_was_training = model.training
@@ -251,7 +251,7 @@ def precompute_residuals(
         if rank == 0:
             merge_bank_parts(root)
         _barrier()
-    return PrecomputeSummary(root, len(writer.done), computed, writer.bytes_written, time.perf_counter() - started)
+    return PrecomputeSummary(root, len(writer.input_hashes), computed, writer.bytes_written, time.perf_counter() - started)
 
 
 def _process_group(process_index: int | None, num_processes: int | None) -> tuple[int, int]:
