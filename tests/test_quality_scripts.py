@@ -4,7 +4,9 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
+from safetensors.torch import load_file
 
 SCRIPTS = Path(__file__).parent.parent / "benchmarks" / "quality"
 
@@ -61,6 +63,42 @@ def test_each_step_draws_its_side_and_crop_from_its_own_seed():
     generator = torch.Generator().manual_seed(3)
     assert pretrain.step_view(generator, [32], None, 0.0) == (32, 32)
     assert torch.equal(generator.get_state(), torch.Generator().manual_seed(3).get_state())
+
+
+def test_a_run_continues_from_exported_weights_and_the_card_adds_up(tmp_path, monkeypatch):
+    pretrain = _load("pretrain")
+    exported = tmp_path / "package" / "shapes-dit.safetensors"
+    monkeypatch.setattr(pretrain, "WEIGHTS_FILE", exported)
+    monkeypatch.setattr(pretrain, "CARD_FILE", exported.with_suffix(".json"))
+    small = ["--batch-size", "2", "--threads", "1", "--preview-every", "1000", "--config", '{"num_single_layers": 1}']
+    assert pretrain.main(["--out", str(tmp_path / "first"), "--images", "4", *small]) == 0
+    assert pretrain.main(["--out", str(tmp_path / "first"), "--export", *small]) == 0
+    first_weights = {name: tensor.float() for name, tensor in load_file(str(exported)).items()}
+
+    second = ["--out", str(tmp_path / "second"), "--init-from", str(exported), "--seed", "1", *small]
+    assert pretrain.main([*second, "--images", "0"]) == 0  # starts exactly where the export left off
+    start = torch.load(tmp_path / "second" / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(start["model"][name], first_weights[name]) for name in first_weights)
+    assert pretrain.main([*second, "--images", "6"]) == 0
+    assert pretrain.main([*second, "--export"]) == 0
+    card = json.loads(exported.with_suffix(".json").read_text())
+    assert (card["steps"], card["images_seen"]) == (2 + 3, 4 + 6)
+    assert [run["images_seen"] for run in card["runs"]] == [4, 6]
+    assert "--init-from" in card["runs"][1]["command"] and "--init-from" not in card["runs"][0]["command"]
+
+
+def test_continuing_from_weights_of_another_architecture_is_refused(tmp_path, monkeypatch, capsys):
+    pretrain = _load("pretrain")
+    exported = tmp_path / "shapes-dit.safetensors"
+    monkeypatch.setattr(pretrain, "WEIGHTS_FILE", exported)
+    monkeypatch.setattr(pretrain, "CARD_FILE", exported.with_suffix(".json"))
+    small = ["--batch-size", "2", "--threads", "1", "--config", '{"num_single_layers": 1}']
+    assert pretrain.main(["--out", str(tmp_path / "first"), "--images", "2", *small]) == 0
+    assert pretrain.main(["--out", str(tmp_path / "first"), "--export", *small]) == 0
+    with pytest.raises(SystemExit) as stop:
+        pretrain.main(["--out", str(tmp_path / "other"), "--init-from", str(exported), "--images", "2", "--batch-size", "2"])
+    assert stop.value.code == 2
+    assert "was trained with config" in capsys.readouterr().err and not (tmp_path / "other" / "checkpoint.pt").exists()
 
 
 def test_benchmark_runs_resumes_and_reports(tmp_path, capsys):

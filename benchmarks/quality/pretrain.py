@@ -21,6 +21,11 @@ f of the batches crops: the scene rendered up to 2× larger and a window of the 
 of it, what a timestep-aware crop resized to a low side shows the model. `--config '{"num_attention_heads": 4}'`
 changes the architecture; `--device cuda --bf16` trains on a GPU. With the defaults (one side 32,
 no crops) the batches are exactly those of the first pretraining run.
+
+Longer than one sitting: `--init-from blockskip/shapes/weights/shapes-dit.safetensors` starts a
+new run from exported weights (model and EMA; the optimizer starts afresh), under another `--seed`
+so its batches are new. The exported card then adds the earlier runs' images and minutes to this
+run's and lists every run's command under "runs".
 """
 
 from __future__ import annotations
@@ -125,9 +130,18 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def earlier_runs(weights: Path) -> list[dict]:
+    """The runs that trained exported `weights`, oldest first, from the card beside them."""
+    card = json.loads(weights.with_suffix(".json").read_text())
+    if "runs" in card:
+        return card["runs"]
+    return [{key: card[key] for key in ("command", "steps", "images_seen", "training_minutes", "hardware")}]
+
+
 def export(state: dict, command: str) -> None:
     from safetensors.torch import save_file
 
+    earlier = state.get("earlier_runs", [])
     WEIGHTS_FILE.parent.mkdir(parents=True, exist_ok=True)
     weights = {name: tensor.half().contiguous() for name, tensor in state["ema"].items()}
     save_file(weights, str(WEIGHTS_FILE), metadata={"format": "pt"})
@@ -136,14 +150,18 @@ def export(state: dict, command: str) -> None:
         "config": {**SHAPES_DIT_CONFIG, **(state["args"].get("config") or {})},
         "parameters": sum(t.numel() for t in weights.values()),
         "dtype": "float16 (EMA weights)",
-        "images_seen": state["images_seen"],
-        "steps": state["step"],
-        "training_minutes": round(state["elapsed"] / 60, 1),
+        "images_seen": state["images_seen"] + sum(run["images_seen"] for run in earlier),
+        "steps": state["step"] + sum(run["steps"] for run in earlier),
+        "training_minutes": round(state["elapsed"] / 60 + sum(run["training_minutes"] for run in earlier), 1),
         "final_loss_ema": round(state["loss_ema"], 4),
         "recipe": {key: value for key, value in state["args"].items() if key != "out"},  # the run folder is a machine path
         "command": command,
         "hardware": state.get("hardware", "2 CPU cores (shared), torch CPU"),
     }
+    if earlier:
+        this_run = {"command": command, "steps": state["step"], "images_seen": state["images_seen"],
+                    "training_minutes": round(state["elapsed"] / 60, 1), "hardware": card["hardware"]}
+        card["runs"] = [*earlier, this_run]
     CARD_FILE.write_text(json.dumps(card, indent=2) + "\n")
     print(f"exported {WEIGHTS_FILE} ({WEIGHTS_FILE.stat().st_size / 1e6:.1f} MB) and {CARD_FILE}")
 
@@ -160,6 +178,10 @@ def _weights(text: str) -> list[float]:
     if any(not weight >= 0 for weight in weights) or not sum(weights) > 0:
         raise argparse.ArgumentTypeError(f"weights must be non-negative with a positive sum, got {text}")
     return weights
+
+
+def _architecture(overrides: dict | None) -> str:
+    return json.dumps({**SHAPES_DIT_CONFIG, **(overrides or {})}, sort_keys=True)  # tuples and lists alike
 
 
 def _flag(value) -> str:
@@ -185,6 +207,7 @@ def main(argv=None) -> int:
     parser.add_argument("--side-weights", type=_weights, default=None, help="relative chance of each side (default: equal)")
     parser.add_argument("--crop-fraction", type=float, default=0.0, help="share of batches that are zoomed-in crops")
     parser.add_argument("--config", type=json.loads, default=None, help="JSON overrides of the architecture")
+    parser.add_argument("--init-from", default=None, help="start from these exported weights (.safetensors with its card)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (on a GPU)")
     parser.add_argument("--export", action="store_true", help="write the EMA weights into the package and stop")
@@ -204,6 +227,17 @@ def main(argv=None) -> int:
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads, torch CPU"
     recorded = {k: v for k, v in vars(args).items() if k not in {"export", "threads", "device", "bf16"}}
     state = {"step": 0, "images_seen": 0, "elapsed": 0.0, "loss_ema": 1.0, "args": recorded, "hardware": hardware}
+    if args.init_from and not checkpoint_path.exists():
+        from safetensors.torch import load_file
+
+        weights = Path(args.init_from)
+        card_config = json.loads(weights.with_suffix(".json").read_text())["config"]
+        if _architecture(card_config) != _architecture(args.config):
+            parser.error(f"{weights} was trained with config {json.dumps(card_config)}; pass its differences from the default as --config")
+        initial = {name: tensor.float() for name, tensor in load_file(str(weights)).items()}
+        model.load_state_dict(initial)
+        ema.load_state_dict(initial)
+        state["earlier_runs"] = earlier_runs(weights)
     if checkpoint_path.exists():
         saved = torch.load(checkpoint_path, weights_only=True, map_location=device)
         if saved["args"].get("config") != args.config and not args.export:
@@ -212,6 +246,7 @@ def main(argv=None) -> int:
         ema.load_state_dict(saved["ema"])
         optimizer.load_state_dict(saved["optimizer"])
         state.update({k: saved[k] for k in ("step", "images_seen", "elapsed", "loss_ema")})
+        state["earlier_runs"] = saved.get("earlier_runs", [])
         if saved.get("hardware", hardware) != hardware:
             state["hardware"] = f"{saved['hardware']}, then {hardware}"
         print(f"resumed at step {state['step']} ({state['images_seen']} images, {state['elapsed'] / 60:.1f} min)")
