@@ -221,6 +221,10 @@ def test_peers_are_priced_beside_blockskip(capsys):
     assert table["BlockSkip, cached"][0] is cached and table["LoRA baseline"][0] is None
     assert all(cell is not None for cell in [row[1] for row in table.values()])
     assert "| block swap (kohya, musubi) |" in budget_markdown(rows, [0.001, 1], reserve_bytes=0)
+    # Forward-only: no activations kept for a backward, so below the checkpointed step; two forwards, no backward.
+    zo, zo_skip = named["zeroth-order LoRA"], named["zeroth-order LoRA, BlockSkip 30% online"]
+    assert zo.peak_bytes < checkpointed.peak_bytes and zo_skip.peak_bytes < zo.peak_bytes
+    assert zo.time.compute_seconds < named["LoRA baseline"].time.compute_seconds
 
 
 def test_estimate_compare_command(tmp_path, capsys):
@@ -236,4 +240,4 @@ def test_estimate_compare_command(tmp_path, capsys):
     assert "block swap" in printed and "BlockSkip 50%, cached" in printed and "| strategy | 0.001 GiB | 1 GiB |" in printed
     assert main([*arguments, "--gpu", "l4-24gb", "--json"]) == 0
     strategies = json.loads(capsys.readouterr().out)["strategies"]
-    assert {row["kind"] for row in strategies} == {"baseline", "peer", "blockskip"}
+    assert {row["kind"] for row in strategies} == {"baseline", "peer", "zeroth-order", "blockskip"}

@@ -24,6 +24,12 @@ def add_step_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="the device the step runs on (cpu: no weight streaming)")
     parser.add_argument("--gpu", choices=list(GPUS), metavar="GPU", help=f"a GPU profile, adds modelled s/step: {', '.join(GPUS)}")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--zeroth-order", action="store_true",
+                        help="price the plan's step as a forward-only zeroth-order step (blockskip.zeroth_order); the baseline stays backprop")
+    parser.add_argument("--zo-queries", type=positive_int, default=1, help="with --zeroth-order: directions per step")
+    parser.add_argument("--zo-estimator", choices=["central", "forward"], default="central",
+                        help="with --zeroth-order: two forwards per query, or one per query plus one")
+    parser.add_argument("--zo-update", choices=["sgd", "adam"], default="sgd", help="with --zeroth-order: the update rule")
 
 
 def register(commands) -> None:
@@ -101,6 +107,16 @@ def compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _zeroth_order(args: argparse.Namespace):
+    from ..estimate.zeroth_order_step import ZerothOrderPricing
+
+    if not args.zeroth_order:
+        if (args.zo_queries, args.zo_estimator, args.zo_update) != (1, "central", "sgd"):
+            raise ValueError("--zo-queries, --zo-estimator and --zo-update need --zeroth-order")
+        return None
+    return ZerothOrderPricing(queries=args.zo_queries, estimator=args.zo_estimator, update=args.zo_update)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..estimate import estimate_training_memory
     from ..families.presets import resolve_model
@@ -122,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
         residuals=args.residuals,
         baseline=not args.no_baseline,
         gpu=args.gpu,
+        zeroth_order=_zeroth_order(args),
         **step_options(args),
     )
     if args.json:

@@ -14,7 +14,11 @@ once (the step the offloading trainers run) and prices the peers from it by movi
   blocks' Linear weights at 4.127 bits (nf4 with double-quantized absmax), priced by bytes;
   dequantization time is not modelled.
 
-fp8 base weights and the BlockSkip plans are not priced by bytes: each runs its own fake step
+Three forward-only rows follow: a zeroth-order LoRA step (MeZO-style, `blockskip.zeroth_order`, two
+forwards) alone, with fp8 weight storage, and with a 30% online skip, at the peers' resolution (ZO-high trains at full
+resolution). They are priced per step like the rest, and a zeroth-order run needs far more steps.
+
+fp8 base weights, the zeroth-order steps and the BlockSkip plans are not priced by bytes: each runs its own fake step
 (`estimate_step`), with blockskip's fp8 storage of the kept blocks standing in for the trainers'
 fp8 base (`--fp8_base`). Times come from `blockskip.estimate.step_time` on the chosen profile.
 
@@ -52,6 +56,7 @@ from .report import StepEstimate
 from .step import DTYPES, estimate_step
 from .step_time import StepTime, format_seconds, step_time
 from .training_memory import step_defaults
+from .zeroth_order_step import ZerothOrderPricing
 
 NF4_BITS = 4.127  # 4-bit codes + an fp8 absmax per 64 weights + an fp32 scale per 256 absmaxes
 BLOCKSKIP_PLANS = (
@@ -64,13 +69,19 @@ BLOCKSKIP_PLANS = (
                                                                                     "storage_dtype": "float8_e4m3fn"}}),
 )
 
+ZEROTH_ORDER_ROWS = (
+    ("zeroth-order LoRA", {}),
+    ("zeroth-order LoRA, fp8 weights", {"kept_blocks": {"storage_dtype": "float8_e4m3fn"}}),
+    ("zeroth-order LoRA, BlockSkip 30% online", {"skip": {"ratio": 0.3}}),
+)
+
 
 @dataclass
 class Strategy:
     """One way to train: its peak, its host → device bytes per step, its modelled time, and how it was priced."""
 
     name: str
-    kind: str  # "baseline", "peer" or "blockskip"
+    kind: str  # "baseline", "peer", "zeroth-order" or "blockskip"
     group: str  # settings of one strategy share a group (every block-swap count is "block swap")
     setting: str  # what tells it apart inside its group ("42 blocks", "leaf level", "50%, fp8")
     resolution: int
@@ -147,10 +158,10 @@ def compare_strategies(
     torch_dtype = DTYPES[dtype]
     setup = TrainingSetup()
 
-    def fake_step(plan: dict, side: int) -> StepEstimate:
+    def fake_step(plan: dict, side: int, zeroth_order: ZerothOrderPricing | None = None) -> StepEstimate:
         shape = StepShape(side, side, text_length or defaults["text_length"], batch_size, frames or defaults["frames"])
         return estimate_step(config, BlockSkipPlan.from_dict({**plan, "patches": {"min_size": side, "max_size": side}}), shape,
-                             setup, dtype=torch_dtype)
+                             setup, dtype=torch_dtype, zeroth_order=zeroth_order)
 
     def row(name: str, kind: str, estimate: StepEstimate, side: int, priced: str = "fake step", group: str | None = None,
             setting: str = "") -> Strategy:
@@ -184,6 +195,10 @@ def compare_strategies(
     saved = int(blocks.linear_bytes * (1 - NF4_BITS / (8 * torch_dtype.itemsize)))
     nf4 = replace(checkpointed, peak_bytes=checkpointed.peak_bytes - saved)
     rows.append(row("nf4 base weights, checkpointing", "peer", nf4, resolution, "bytes: blocks' Linear weights at 4.127 bits"))
+    for name, plan in ZEROTH_ORDER_ROWS:
+        setting = name.removeprefix("zeroth-order LoRA").strip(", ") or "no skip"
+        rows.append(row(name, "zeroth-order", fake_step(plan, resolution, ZerothOrderPricing()), resolution,
+                        group="zeroth-order LoRA (blockskip)", setting=setting))
     for name, plan in blockskip_plans:
         mode = "cached" if "cached" in name else "online"
         setting = name.removeprefix("BlockSkip ").replace(f", {mode}", "")
@@ -227,4 +242,6 @@ def format_comparison(rows: list[Strategy], gpu: str | GpuProfile, reserve_bytes
                      f"{format_seconds(row.seconds):>10} {row.seconds / baseline.seconds:>6.2f}  {fits}")
     lines.append(f"s/step modelled on {profile.describe()}; efficiency {baseline.time.efficiency} (uncalibrated). "
                  f"Peaks are estimates; {format_bytes(reserve_bytes)} is reserved for the CUDA context.")
+    if any(row.kind == "zeroth-order" for row in rows):
+        lines.append("Zeroth-order rows are per step: a zeroth-order run needs many more steps than backpropagation.")
     return "\n".join(lines)

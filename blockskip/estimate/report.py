@@ -49,6 +49,7 @@ class StepEstimate:
     traffic: dict[str, int] = field(default_factory=dict)  # host → device bytes per step, per kind
     transfers: dict[str, int] = field(default_factory=dict)  # how many copies make up each kind
     streamed_spans: int = 0
+    zeroth_order: dict[str, Any] | None = None  # the ZerothOrderPricing of a forward-only step
 
     @property
     def flops(self) -> int:

@@ -51,6 +51,7 @@ from .emulation import Emulation, emulate_cached, emulate_group_offload, emulate
 from .fake import fakeify
 from .memory import format_bytes
 from .report import StepEstimate
+from .zeroth_order_step import ZerothOrderPricing, resident_state, run_forward_only_step, scale_traffic
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -91,12 +92,14 @@ def estimate_step(
     residuals: str | None = None,
     label: str = "plan",
     resident_only: bool = False,
+    zeroth_order: ZerothOrderPricing | None = None,
 ) -> StepEstimate:
     """Run one fake training step of `config` under `plan` and count it (see module docs).
 
     `resident_only=True` stops before the step: `peak_bytes` is then what stays on the device
     between steps (weights, LoRA, optimizer state), a lower bound the planner uses to skip
-    candidates cheaply.
+    candidates cheaply. `zeroth_order` prices a forward-only step of `ZerothOrderOptimizer` instead
+    of backpropagation (`blockskip.estimate.zeroth_order_step`).
     """
     started = time.perf_counter()
     check_shape(config["_class_name"], shape)
@@ -117,7 +120,7 @@ def estimate_step(
         fakeify(original, dtype, fake, keep_in_fp32=keep)
     with fake:
         finish_preparation(model, setup, without_group_offload(run_plan))
-        optimizer = make_optimizer(model, setup, foreach=device == "cuda")
+        optimizer = None if zeroth_order else make_optimizer(model, setup, foreach=device == "cuda")
         offloaded: set[int] = set()
         if plan.kept_blocks.group_offload:
             offloaded = emulate_group_offload(emulation, model)
@@ -131,7 +134,12 @@ def estimate_step(
             for original in handle.originals.values():
                 for tensor in original.parameters():
                     ledger.register(tensor, "weights")
-        _register_optimizer(ledger, optimizer)
+        optimizer_tensors = []  # the zeroth-order optimizer's, alive through the step
+        if zeroth_order:
+            optimizer_tensors = resident_state(trainable_parameters(model), zeroth_order, ledger)
+            notes.append(zeroth_order.describe())
+        else:
+            _register_optimizer(ledger, optimizer)
         resident = {name: ledger.live_by_category[name] for name in ("weights", "lora_params", "optimizer_state")}
         host = 0 if plan.offload == "none" or mode == "cached" else sum(tensor_bytes(o) for o in handle.originals.values())
         host += sum(
@@ -145,7 +153,7 @@ def estimate_step(
             return StepEstimate(label, plan.to_dict(), shape.height, shape.width, shape.frames, shape.text_length,
                                 shape.batch_size, str(dtype).removeprefix("torch."), mode, device, ledger.live_bytes,
                                 breakdown, resident, 0, 0, host, model_parameters, notes=["resident bytes only"])
-        for parameter in trainable_parameters(model):
+        for parameter in [] if zeroth_order else trainable_parameters(model):
             emulation.handles.append(
                 parameter.register_post_accumulate_grad_hook(lambda p: ledger.retag(p.grad, "lora_grads"))
             )
@@ -160,16 +168,22 @@ def estimate_step(
         try:
             with flops, ledger:
                 inputs, target = training_inputs(model, shape, dtype)
-                run_step(model, inputs, target, optimizer, on_phase=on_phase)
+                if zeroth_order:
+                    run_forward_only_step(model, inputs, target, trainable_parameters(model), zeroth_order, on_phase)
+                else:
+                    run_step(model, inputs, target, optimizer, on_phase=on_phase)
                 del inputs, target
         finally:
             emulation.remove()
+            del optimizer_tensors
     breakdown = ledger.breakdown()
     peak = ledger.peak_bytes
     if emulation.extra_peak:
         breakdown["weights"] += emulation.extra_peak
         peak += emulation.extra_peak
         notes.append(f"group offload: {format_bytes(emulation.extra_peak)} for the layer prefetched on the side stream")
+    forwards = zeroth_order.forwards if zeroth_order else 1
+    forward_flops = marks.get("backward", 0)
     return StepEstimate(
         label=label,
         plan=plan.to_dict(),
@@ -184,17 +198,18 @@ def estimate_step(
         peak_bytes=peak,
         breakdown=breakdown,
         resident_bytes=resident,
-        forward_flops=marks.get("backward", 0),
-        backward_flops=marks.get("optimizer", 0) - marks.get("backward", 0),
+        forward_flops=forwards * forward_flops,
+        backward_flops=marks.get("optimizer", 0) - forward_flops,
         host_bytes=host,
         model_parameters=model_parameters,
         skip={"leading": handle.split.leading, "trailing": handle.split.trailing, "source": handle.split.source},
         seconds=time.perf_counter() - started,
         notes=notes,
-        streamed_flops=streamed[0],
-        traffic=dict(emulation.traffic),
-        transfers=dict(emulation.transfers),
-        streamed_spans=emulation.spans,
+        streamed_flops=forwards * streamed[0],
+        traffic=scale_traffic(dict(emulation.traffic), forwards),
+        transfers=scale_traffic(dict(emulation.transfers), forwards),
+        streamed_spans=forwards * emulation.spans,
+        zeroth_order=zeroth_order.to_dict() if zeroth_order else None,
     )
 
 

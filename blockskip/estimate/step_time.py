@@ -10,6 +10,8 @@ tensors under cached residuals. The model prices them on a `GpuProfile`:
 - a copy that is prefetched on a side stream hides behind the compute of the block before it:
   a run of `n` copies of `t` seconds each, beside blocks computing `c` seconds each, exposes
   `t + (n - 1) · max(0, t - c)` — the first copy has nothing to hide behind.
+- a zeroth-order step (`StepEstimate.zeroth_order`) has no backward and no recompute; offloaded
+  layers come in once per forward, and each forward's copies hide behind that forward's compute.
 - the bank's tensors for a step load in the background during the previous step, so they show
   only where they take longer than the whole step's compute.
 
@@ -90,9 +92,12 @@ def step_time(estimate: StepEstimate, gpu: GpuProfile | str, efficiency: float =
     # kept blocks' forward FLOPs are what hides them (backward runs on the copies autograd kept).
     kept_forward = max(0.0, estimate.forward_flops - estimate.streamed_flops) / rate
     recompute = estimate.plan.get("kept_blocks", {}).get("gradient_checkpointing", False)
+    passes, hiding = 1 + int(recompute), kept_forward * (1 + int(recompute))
+    if estimate.zeroth_order:  # no backward, no recompute; every forward brings the layers in again
+        passes, hiding = estimate.zeroth_order["forwards"], kept_forward
     exposed = (
         _exposed(streamed, transfers.get("streamed", 0), estimate.streamed_spans, streamed_compute)
-        + _exposed(offload, transfers.get("offload", 0), 1 + int(recompute), kept_forward * (1 + int(recompute)))
+        + _exposed(offload, transfers.get("offload", 0), passes, hiding)
         + max(0.0, bank - compute)
     )
     return StepTime(gpu.key, compute, streamed + offload + bank, exposed, efficiency)

@@ -31,6 +31,7 @@ from ..training.training_step import DEFAULT_LORA_TARGETS, TrainingSetup
 from .gpus import get_gpu
 from .report import TrainingEstimate
 from .step import DTYPES, coerce_plan, estimate_step
+from .zeroth_order_step import ZerothOrderPricing
 
 _UNSET: Any = object()
 
@@ -77,6 +78,7 @@ def estimate_training_memory(
     baseline: bool = True,
     baseline_resolution: int | tuple[int, int] | None = None,
     gpu: str | None = None,
+    zeroth_order: ZerothOrderPricing | None = None,
 ) -> TrainingEstimate:
     """Estimate a LoRA training step's peak memory and FLOPs under `plan`, and the baseline's.
 
@@ -89,7 +91,9 @@ def estimate_training_memory(
     cached residuals (skipped blocks cost nothing). `device="cpu"` prices a CPU run (no weight
     streaming), for comparison with `measure_peak_memory`. The baseline is the same LoRA step
     with no skip and no trades. `gpu` (a key of `blockskip.estimate.gpus.GPUS`) adds modelled
-    seconds per step (`blockskip.estimate.step_time`).
+    seconds per step (`blockskip.estimate.step_time`). `zeroth_order` prices the plan's step as a
+    forward-only `ZerothOrderOptimizer` step (`blockskip.estimate.zeroth_order_step`); the
+    baseline stays the backpropagation LoRA step.
     """
     if gpu is not None:
         get_gpu(gpu)  # an unknown name fails before minutes of pricing
@@ -116,7 +120,9 @@ def estimate_training_memory(
         training_side, baseline_side = preset.training_resolution, preset.resolution
     height, width = _side(resolution or training_side)
     shape = StepShape(height, width, text_length, batch_size, frames)
-    step = estimate_step(config, plan, shape, setup, dtype=torch_dtype, device=device, residuals=residuals, label="BlockSkip")
+    label_of_step = "BlockSkip, zeroth order" if zeroth_order else "BlockSkip"
+    step = estimate_step(config, plan, shape, setup, dtype=torch_dtype, device=device, residuals=residuals, label=label_of_step,
+                         zeroth_order=zeroth_order)
     base = None
     if baseline:
         base_height, base_width = _side(baseline_resolution or baseline_side)

@@ -1,7 +1,7 @@
 """Forward-only training: zeroth-order steps, BP-low / ZO-high selective optimization, and
 zeroth-order textual inversion with subspace gradients (see docs/zeroth_order.md)."""
 
-from .optimizer import ZerothOrderOptimizer, ZerothOrderResult
+from .optimizer import ZerothOrderOptimizer, ZerothOrderResult, forwards_per_step
 from .selective import SelectiveOptimization, TimestepAwareProbability
 from .subspace import SubspaceGradient
 from .textual_inversion import ZerothOrderTextualInversion, embedding_row
@@ -14,4 +14,5 @@ __all__ = [
     "ZerothOrderResult",
     "ZerothOrderTextualInversion",
     "embedding_row",
+    "forwards_per_step",
 ]

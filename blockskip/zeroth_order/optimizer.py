@@ -57,6 +57,13 @@ ESTIMATORS = ("central", "forward")
 UPDATES = ("sgd", "adam")
 
 
+def forwards_per_step(estimator: str = "central", queries: int = 1) -> int:
+    """Forward passes one step runs: 2 per query (central), or 1 + 1 per query (forward)."""
+    if estimator not in ESTIMATORS or queries < 1:
+        raise ValueError(f"estimator is one of {ESTIMATORS} (got {estimator!r}) and queries >= 1 (got {queries})")
+    return 2 * queries if estimator == "central" else queries + 1
+
+
 class ZerothOrderOptimizer:
     """Zeroth-order steps on `params` (see the module doc): LoRA parameters
     (`[p for p in model.parameters() if p.requires_grad]`), or any tensors updated in place, such as
