@@ -138,13 +138,14 @@ def earlier_runs(weights: Path) -> list[dict]:
     return [{key: card[key] for key in ("command", "steps", "images_seen", "training_minutes", "hardware")}]
 
 
-def export(state: dict, command: str) -> None:
+def export(state: dict, command: str, weights_file: Path = WEIGHTS_FILE) -> None:
     from safetensors.torch import save_file
 
     earlier = state.get("earlier_runs", [])
-    WEIGHTS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    card_file = CARD_FILE if weights_file == WEIGHTS_FILE else weights_file.with_suffix(".json")
+    weights_file.parent.mkdir(parents=True, exist_ok=True)
     weights = {name: tensor.half().contiguous() for name, tensor in state["ema"].items()}
-    save_file(weights, str(WEIGHTS_FILE), metadata={"format": "pt"})
+    save_file(weights, str(weights_file), metadata={"format": "pt"})
     card = {
         "model": "FluxTransformer2DModel",
         "config": {**SHAPES_DIT_CONFIG, **(state["args"].get("config") or {})},
@@ -162,8 +163,8 @@ def export(state: dict, command: str) -> None:
         this_run = {"command": command, "steps": state["step"], "images_seen": state["images_seen"],
                     "training_minutes": round(state["elapsed"] / 60, 1), "hardware": card["hardware"]}
         card["runs"] = [*earlier, this_run]
-    CARD_FILE.write_text(json.dumps(card, indent=2) + "\n")
-    print(f"exported {WEIGHTS_FILE} ({WEIGHTS_FILE.stat().st_size / 1e6:.1f} MB) and {CARD_FILE}")
+    card_file.write_text(json.dumps(card, indent=2) + "\n")
+    print(f"exported {weights_file} ({weights_file.stat().st_size / 1e6:.1f} MB) and {card_file}")
 
 
 def _sides(text: str) -> list[int]:
@@ -211,6 +212,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (on a GPU)")
     parser.add_argument("--export", action="store_true", help="write the EMA weights into the package and stop")
+    parser.add_argument("--export-to", type=Path, default=WEIGHTS_FILE, help="with --export: another .safetensors path (its card beside it)")
     args = parser.parse_args(argv)
     if args.side_weights is not None and len(args.side_weights) != len(args.sides):
         parser.error(f"--side-weights gives {len(args.side_weights)} weights for {len(args.sides)} sides")
@@ -225,7 +227,7 @@ def main(argv=None) -> int:
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads, torch CPU"
-    recorded = {k: v for k, v in vars(args).items() if k not in {"export", "threads", "device", "bf16"}}
+    recorded = {k: v for k, v in vars(args).items() if k not in {"export", "export_to", "threads", "device", "bf16"}}
     state = {"step": 0, "images_seen": 0, "elapsed": 0.0, "loss_ema": 1.0, "args": recorded, "hardware": hardware}
     if args.init_from and not checkpoint_path.exists():
         from safetensors.torch import load_file
@@ -258,7 +260,8 @@ def main(argv=None) -> int:
         # The recipe and command are those of the run that trained the checkpoint.
         recipe = saved["args"] if checkpoint_path.exists() else state["args"]
         flags = " ".join(f"--{k.replace('_', '-')} {_flag(v)}" for k, v in recipe.items() if v is not None and k != "out")
-        export({**state, "args": recipe, "ema": ema.state_dict()}, f"python benchmarks/quality/pretrain.py --out RUN_DIR {flags}")
+        export({**state, "args": recipe, "ema": ema.state_dict()}, f"python benchmarks/quality/pretrain.py --out RUN_DIR {flags}",
+               args.export_to)
         return 0
 
     encoder = ShapesTextEncoder()
