@@ -69,7 +69,6 @@ def test_a_run_continues_from_exported_weights_and_the_card_adds_up(tmp_path, mo
     pretrain = _load("pretrain")
     exported = tmp_path / "package" / "shapes-dit.safetensors"
     monkeypatch.setattr(pretrain, "WEIGHTS_FILE", exported)
-    monkeypatch.setattr(pretrain, "CARD_FILE", exported.with_suffix(".json"))
     small = ["--batch-size", "2", "--threads", "1", "--preview-every", "1000", "--config", '{"num_single_layers": 1}']
     assert pretrain.main(["--out", str(tmp_path / "first"), "--images", "4", *small]) == 0
     assert pretrain.main(["--out", str(tmp_path / "first"), "--export", *small]) == 0
@@ -91,7 +90,6 @@ def test_continuing_from_weights_of_another_architecture_is_refused(tmp_path, mo
     pretrain = _load("pretrain")
     exported = tmp_path / "shapes-dit.safetensors"
     monkeypatch.setattr(pretrain, "WEIGHTS_FILE", exported)
-    monkeypatch.setattr(pretrain, "CARD_FILE", exported.with_suffix(".json"))
     small = ["--batch-size", "2", "--threads", "1", "--config", '{"num_single_layers": 1}']
     assert pretrain.main(["--out", str(tmp_path / "first"), "--images", "2", *small]) == 0
     assert pretrain.main(["--out", str(tmp_path / "first"), "--export", *small]) == 0

@@ -94,3 +94,11 @@ def test_the_estimate_command_prices_a_zeroth_order_step(tmp_path, capsys):
 def test_zeroth_order_flags_without_zeroth_order_are_refused(capsys):
     assert main(["estimate", "--model", "flux.1-dev", "--zo-queries", "3"]) != 0
     assert "--zo-queries, --zo-estimator and --zo-update need --zeroth-order" in capsys.readouterr().err
+
+
+def test_zeroth_order_is_an_estimate_option_only(capsys):
+    with pytest.raises(SystemExit) as stop:  # the planner never proposes it, so it takes no such flag
+        main(["plan", "--model", "flux.1-dev", "--zeroth-order"])
+    assert stop.value.code == 2 and "unrecognized arguments: --zeroth-order" in capsys.readouterr().err
+    assert main(["estimate", "--model", "flux.1-dev", "--zeroth-order", "--compare", "--gpu", "l4-24gb"]) != 0
+    assert "--compare already has zeroth-order rows" in capsys.readouterr().err

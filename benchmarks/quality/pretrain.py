@@ -50,7 +50,7 @@ from blockskip.shapes import (
 )
 from blockskip.shapes.generate import velocity
 from blockskip.shapes.grid import save_grid
-from blockskip.shapes.model import CARD_FILE, PIXELS_PER_TOKEN, SHAPES_DIT_CONFIG, WEIGHTS_FILE
+from blockskip.shapes.model import PIXELS_PER_TOKEN, SHAPES_DIT_CONFIG, WEIGHTS_FILE
 from blockskip.shapes.scenes import caption
 
 ROLES = ("size", "colour", "pattern", "accent", "texture")
@@ -142,7 +142,7 @@ def export(state: dict, command: str, weights_file: Path = WEIGHTS_FILE) -> None
     from safetensors.torch import save_file
 
     earlier = state.get("earlier_runs", [])
-    card_file = CARD_FILE if weights_file == WEIGHTS_FILE else weights_file.with_suffix(".json")
+    card_file = weights_file.with_suffix(".json")
     weights_file.parent.mkdir(parents=True, exist_ok=True)
     weights = {name: tensor.half().contiguous() for name, tensor in state["ema"].items()}
     save_file(weights, str(weights_file), metadata={"format": "pt"})

@@ -24,13 +24,6 @@ def add_step_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="the device the step runs on (cpu: no weight streaming)")
     parser.add_argument("--gpu", choices=list(GPUS), metavar="GPU", help=f"a GPU profile, adds modelled s/step: {', '.join(GPUS)}")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--zeroth-order", action="store_true",
-                        help="price the plan's step as a forward-only zeroth-order step (blockskip.zeroth_order); the baseline stays backprop")
-    parser.add_argument("--zo-queries", type=positive_int, default=1, help="with --zeroth-order: directions per step")
-    parser.add_argument("--zo-estimator", choices=["central", "forward"], default="central",
-                        help="with --zeroth-order: two forwards per query, or one per query plus one")
-    parser.add_argument("--zo-update", choices=["sgd", "adam"], default="sgd", help="with --zeroth-order: the update rule")
-
 
 def register(commands) -> None:
     parser = commands.add_parser("estimate", help="estimate a training step's peak memory and FLOPs without a GPU")
@@ -46,6 +39,13 @@ def register(commands) -> None:
     parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, help="override the plan")
     parser.add_argument("--storage-dtype", choices=["none", "float8_e4m3fn", "float8_e5m2"], help="kept blocks' weight storage (override the plan)")
     parser.add_argument("--group-offload", action=argparse.BooleanOptionalAction, help="override the plan")
+    parser.add_argument("--zeroth-order", action="store_true",
+                        help="price the plan's step as a forward-only zeroth-order step (blockskip.zeroth_order); the baseline stays backprop")
+    parser.add_argument("--zo-queries", type=positive_int, default=1, help="with --zeroth-order: directions per step")
+    parser.add_argument("--zo-estimator", choices=["central", "forward"], default="central",
+                        help="with --zeroth-order: two forwards per query, or one per query plus one")
+    parser.add_argument("--zo-update", choices=["sgd", "adam"], default="sgd", help="with --zeroth-order: the update rule")
+
     parser.add_argument("--no-baseline", action="store_true", help="skip the unskipped baseline")
     parser.add_argument("--plot", type=output_file, metavar="PNG", help="also draw peak memory and TFLOPs against skip ratio")
     parser.add_argument("--compare", action="store_true",
@@ -110,6 +110,8 @@ def compare(args: argparse.Namespace) -> int:
 def _zeroth_order(args: argparse.Namespace):
     from ..estimate.zeroth_order_step import ZerothOrderPricing
 
+    if args.zeroth_order and (args.compare or args.plot):
+        raise ValueError("--zeroth-order prices one plan's step; --compare already has zeroth-order rows and --plot sweeps backprop steps")
     if not args.zeroth_order:
         if (args.zo_queries, args.zo_estimator, args.zo_update) != (1, "central", "sgd"):
             raise ValueError("--zo-queries, --zo-estimator and --zo-update need --zeroth-order")
@@ -121,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
     from ..estimate import estimate_training_memory
     from ..families.presets import resolve_model
 
+    zeroth_order = _zeroth_order(args)  # refuses misused flags before any pricing
     if args.compare:
         return compare(args)
 
@@ -138,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         residuals=args.residuals,
         baseline=not args.no_baseline,
         gpu=args.gpu,
-        zeroth_order=_zeroth_order(args),
+        zeroth_order=zeroth_order,
         **step_options(args),
     )
     if args.json:
