@@ -65,6 +65,18 @@ def test_each_step_draws_its_side_and_crop_from_its_own_seed():
     assert torch.equal(generator.get_state(), torch.Generator().manual_seed(3).get_state())
 
 
+def test_object_weights_set_how_many_objects_scenes_get():
+    pretrain = _load("pretrain")
+    generator = torch.Generator().manual_seed(5)
+    counts = [pretrain.scene_objects(generator, [0.6, 0.25, 0.15]) for _ in range(2000)]
+    assert 0.57 < counts.count(1) / 2000 < 0.63 and 0.12 < counts.count(3) / 2000 < 0.18  # ~3 standard errors
+    untouched = torch.Generator().manual_seed(5)
+    assert pretrain.scene_objects(untouched, None) is None  # the default draws nothing: earlier runs' batches stay
+    assert torch.equal(untouched.get_state(), torch.Generator().manual_seed(5).get_state())
+    with pytest.raises(SystemExit):
+        pretrain.main(["--out", "unused", "--object-weights", "1,1"])
+
+
 def test_a_run_continues_from_exported_weights_and_the_card_adds_up(tmp_path, monkeypatch):
     pretrain = _load("pretrain")
     exported = tmp_path / "package" / "shapes-dit.safetensors"

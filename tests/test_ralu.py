@@ -134,3 +134,33 @@ def test_settings_round_trip_and_refuse_unknown_fields():
         RALUSettings.from_json("{")
     with pytest.raises(RALUSettingsError, match="unknown RALU preset"):
         RALUSettings.preset("9x")
+
+
+def test_sampling_cost_counts_each_stage_at_its_sequence_length():
+    from blockskip.estimate.sampling_cost import estimate_ralu_sampling
+
+    four = estimate_ralu_sampling("FLUX.1-dev", RALUSettings.preset("4x"), 1024, 1024)
+    assert four.tokens == (1024, 1945, 4096) and four.calls == (5, 6, 7)
+    assert four.flops_per_call[0] < four.flops_per_call[1] < four.flops_per_call[2] == four.full_resolution_flops_per_call
+    # the official presets are named for their speed-up over 50 full-resolution steps
+    assert 4.0 < four.ratio_to(50) < 4.8
+    seven = estimate_ralu_sampling("sd3.5-large", RALUSettings.preset("7x"), 1024, 1024)
+    assert seven.tokens == (1024, 1330, 4096) and 7.0 < seven.ratio_to(50) < 8.5
+    one = estimate_ralu_sampling("FLUX.1-dev", RALUSettings.full_resolution(28), 512, 512)
+    assert one.ratio_to(28) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="not SanaTransformer2DModel"):
+        estimate_ralu_sampling("sana-600m", RALUSettings.preset("4x"), 1024, 1024)
+    with pytest.raises(ValueError, match="divisible by 32"):
+        estimate_ralu_sampling("FLUX.1-dev", RALUSettings.preset("4x"), 1000, 1000)
+
+
+def test_estimate_command_prices_ralu_sampling(capsys):
+    import json
+
+    from blockskip.cli import main
+
+    assert main(["estimate", "--model", "FLUX.1-dev", "--ralu", "7x", "--resolution", "512", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["tokens"] == [256, 331, 1024] and report["ratio_reference"] > report["ratio_same_calls"] > 1
+    with pytest.raises(ValueError, match="does not combine"):
+        main(["estimate", "--model", "FLUX.1-dev", "--ralu", "4x", "--compare"])

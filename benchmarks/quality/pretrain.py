@@ -19,7 +19,8 @@ Multi-resolution, as FLUX is pretrained: `--sides 32,48,64` draws each step's si
 ids are the token grid of that side, as FLUX's are of its latent. `--crop-fraction f` makes a share
 f of the batches crops: the scene rendered up to 2× larger and a window of the step's side cut out
 of it, what a timestep-aware crop resized to a low side shows the model. `--config '{"num_attention_heads": 4}'`
-changes the architecture; `--device cuda --bf16` trains on a GPU. With the defaults (one side 32,
+changes the architecture; `--object-weights 0.6,0.25,0.15` draws more single-object scenes (the
+shape of a lone large object is most of its loss signal); `--device cuda --bf16` trains on a GPU. With the defaults (one side 32,
 no crops) the batches are exactly those of the first pretraining run.
 
 Longer than one sitting: `--init-from blockskip/shapes/weights/shapes-dit.safetensors` starts a
@@ -84,11 +85,20 @@ def _window(image: torch.Tensor, side: int, generator: torch.Generator) -> torch
     return image[:, top : top + side, left : left + side]
 
 
+def scene_objects(generator: torch.Generator, object_weights: list[float] | None) -> int | None:
+    """How many objects a scene gets: drawn from `object_weights` (for 1, 2, 3 objects) when given,
+    else None, which leaves the count to `sample_scene` (30/40/30%) and draws nothing extra."""
+    if object_weights is None:
+        return None
+    return int(torch.multinomial(torch.tensor(object_weights), 1, generator=generator)) + 1
+
+
 def training_batch(step: int, batch_size: int, encoder: ShapesTextEncoder, seed: int,
-                   sides: list[int] = (32,), side_weights: list[float] | None = None, crop_fraction: float = 0.0):
+                   sides: list[int] = (32,), side_weights: list[float] | None = None, crop_fraction: float = 0.0,
+                   object_weights: list[float] | None = None):
     generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
     side, rendered = step_view(generator, list(sides), side_weights, crop_fraction)
-    scenes = [sample_scene(generator) for _ in range(batch_size)]
+    scenes = [sample_scene(generator, objects=scene_objects(generator, object_weights)) for _ in range(batch_size)]
     prompts = []
     for scene in scenes:
         if torch.rand((), generator=generator) < 0.1:
@@ -109,15 +119,18 @@ def training_batch(step: int, batch_size: int, encoder: ShapesTextEncoder, seed:
 class StepBatches(torch.utils.data.Dataset):
     """Batch number `step` of the run; a DataLoader worker renders the next batches while the model trains."""
 
-    def __init__(self, batch_size: int, seed: int, sides: list[int], side_weights: list[float] | None, crop_fraction: float):
+    def __init__(self, batch_size: int, seed: int, sides: list[int], side_weights: list[float] | None, crop_fraction: float,
+                 object_weights: list[float] | None = None):
         self.batch_size, self.seed, self.encoder = batch_size, seed, ShapesTextEncoder()
         self.sides, self.side_weights, self.crop_fraction = sides, side_weights, crop_fraction
+        self.object_weights = object_weights
 
     def __len__(self) -> int:
         return 10**9
 
     def __getitem__(self, step: int):
-        return training_batch(step, self.batch_size, self.encoder, self.seed, self.sides, self.side_weights, self.crop_fraction)
+        return training_batch(step, self.batch_size, self.encoder, self.seed, self.sides, self.side_weights, self.crop_fraction,
+                              self.object_weights)
 
 
 def _one_thread(worker_id: int) -> None:
@@ -207,6 +220,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sides", type=_sides, default=[32], help="training sides in px, multiples of 4, comma-separated")
     parser.add_argument("--side-weights", type=_weights, default=None, help="relative chance of each side (default: equal)")
     parser.add_argument("--crop-fraction", type=float, default=0.0, help="share of batches that are zoomed-in crops")
+    parser.add_argument("--object-weights", type=_weights, default=None,
+                        help="relative chance of 1, 2 and 3 objects per scene (default: sample_scene's 30/40/30%%)")
     parser.add_argument("--config", type=json.loads, default=None, help="JSON overrides of the architecture")
     parser.add_argument("--init-from", default=None, help="start from these exported weights (.safetensors with its card)")
     parser.add_argument("--device", default="cpu")
@@ -216,6 +231,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.side_weights is not None and len(args.side_weights) != len(args.sides):
         parser.error(f"--side-weights gives {len(args.side_weights)} weights for {len(args.sides)} sides")
+    if args.object_weights is not None and len(args.object_weights) != 3:
+        parser.error(f"--object-weights gives {len(args.object_weights)} weights; it needs 3 (for 1, 2 and 3 objects)")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -266,7 +283,7 @@ def main(argv=None) -> int:
 
     encoder = ShapesTextEncoder()
     batches = torch.utils.data.DataLoader(
-        StepBatches(args.batch_size, args.seed, args.sides, args.side_weights, args.crop_fraction),
+        StepBatches(args.batch_size, args.seed, args.sides, args.side_weights, args.crop_fraction, args.object_weights),
         batch_size=None,
         sampler=range(state["step"], 10**9),
         num_workers=1,

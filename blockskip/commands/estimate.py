@@ -46,6 +46,10 @@ def register(commands) -> None:
                         help="with --zeroth-order: two forwards per query, or one per query plus one")
     parser.add_argument("--zo-update", choices=["sgd", "adam"], default="sgd", help="with --zeroth-order: the update rule")
 
+    parser.add_argument("--ralu", metavar="PRESET|JSON",
+                        help="price sampling with RALU instead of a training step: a preset (4x, 7x) or a settings file (FLUX, SD3)")
+    parser.add_argument("--ralu-reference-steps", type=positive_int, default=50,
+                        help="with --ralu: the full-resolution step count to compare with (default 50)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the unskipped baseline")
     parser.add_argument("--plot", type=output_file, metavar="PNG", help="also draw peak memory and TFLOPs against skip ratio")
     parser.add_argument("--compare", action="store_true",
@@ -119,10 +123,48 @@ def _zeroth_order(args: argparse.Namespace):
     return ZerothOrderPricing(queries=args.zo_queries, estimator=args.zo_estimator, update=args.zo_update)
 
 
+def ralu_settings(text: str):
+    """A RALU preset name or the path of a settings JSON."""
+    from ..sampling import RALUSettings
+
+    if Path(text).is_file():
+        return RALUSettings.from_json(Path(text).read_text())
+    return RALUSettings.preset(text)
+
+
+def ralu_sampling(args: argparse.Namespace) -> int:
+    from ..estimate.sampling_cost import estimate_ralu_sampling
+
+    if args.compare or args.plot or args.zeroth_order or args.plan:
+        raise ValueError("--ralu prices sampling; it does not combine with --plan, --compare, --plot or --zeroth-order")
+    side = args.resolution or 1024
+    cost = estimate_ralu_sampling(args.model, ralu_settings(args.ralu), side, side, text_length=args.text_length)
+    reference = args.ralu_reference_steps
+    if args.json:
+        print(json.dumps({"model": cost.model, "height": side, "width": side, "calls": cost.calls, "tokens": cost.tokens,
+                          "flops_per_call": cost.flops_per_call, "flops": cost.flops,
+                          "full_resolution_flops_per_call": cost.full_resolution_flops_per_call,
+                          "ratio_same_calls": cost.ratio_to(cost.total_calls), "reference_steps": reference,
+                          "ratio_reference": cost.ratio_to(reference)}, indent=2))
+        return 0
+    print(f"RALU sampling, {cost.model} at {side}×{side} (estimated: transformer FLOPs per guidance branch on fake tensors;"
+          " VAE decoding and edge detection not counted)")
+    print(f"{'stage':<7}{'calls':>6}{'image tokens':>14}{'TFLOPs/call':>13}")
+    for stage, (calls, tokens, flops) in enumerate(zip(cost.calls, cost.tokens, cost.flops_per_call), start=1):
+        print(f"{stage:<7}{calls:>6}{tokens:>14}{flops / 1e12:>13.2f}")
+    print(f"{'total':<7}{cost.total_calls:>6}{'':>14}{cost.flops / 1e12:>13.1f}")
+    for steps in dict.fromkeys([cost.total_calls, reference]):
+        print(f"full resolution, {steps} calls: {steps * cost.full_resolution_flops_per_call / 1e12:.1f} TFLOPs -> "
+              f"RALU needs {1 / cost.ratio_to(steps):.2f} of it ({cost.ratio_to(steps):.2f}x fewer FLOPs)")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ..estimate import estimate_training_memory
     from ..families.presets import resolve_model
 
+    if args.ralu:
+        return ralu_sampling(args)
     zeroth_order = _zeroth_order(args)  # refuses misused flags before any pricing
     if args.compare:
         return compare(args)

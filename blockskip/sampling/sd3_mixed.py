@@ -31,14 +31,15 @@ def mixed_positions(patch_embed, layout: MixedLayout, device, dtype) -> torch.Te
 
 
 def sd3_mixed_forward(transformer, tokens: torch.Tensor, layout: MixedLayout, timestep, encoder_hidden_states,
-                      pooled_projections, joint_attention_kwargs=None, skip_layers=None) -> torch.Tensor:
-    """Velocity tokens (B, n, channels·p²) for mixed-layout tokens, p the transformer's patch size."""
+                      pooled_projections, joint_attention_kwargs=None, skip_layers=None, positions=None) -> torch.Tensor:
+    """Velocity tokens (B, n, channels·p²) for mixed-layout tokens, p the transformer's patch size
+    (`positions`: `mixed_positions` of the layout, when computed beforehand)."""
     embed = transformer.pos_embed
     if getattr(embed, "layer_norm", False):
         raise NotImplementedError("RALU's mixed stage does not support a patch embedding with layer norm")
     weight = embed.proj.weight.flatten(1)  # Conv2d(C, D, p, stride p) acting on one (C, p, p) patch
     hidden = torch.nn.functional.linear(tokens.to(weight.dtype), weight, embed.proj.bias)
-    hidden = hidden + mixed_positions(embed, layout, hidden.device, hidden.dtype)
+    hidden = hidden + (positions if positions is not None else mixed_positions(embed, layout, hidden.device, hidden.dtype)).to(hidden)
     temb = transformer.time_text_embed(timestep, pooled_projections)
     encoder_hidden_states = transformer.context_embedder(encoder_hidden_states)
     for index, block in enumerate(transformer.transformer_blocks):
