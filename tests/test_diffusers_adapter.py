@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from safetensors.torch import load_file
+from tiny_pipelines import MAX_TOKENS, build_tiny_pipeline
 
 from blockskip import BlockSkipPlan, measure_peak_memory
 from blockskip.crops.patches import PatchSchedule
@@ -26,7 +27,6 @@ from blockskip.integrations.diffusers import (
     run_script,
     split_arguments,
 )
-from tiny_pipelines import MAX_TOKENS, build_tiny_pipeline
 
 STANDIN = Path(__file__).parent / "upstream_standins" / "train_dreambooth_lora_flux_standin.py"
 PLAN = {"skip": {"leading": 1, "trailing": 2}, "patches": {"min_size": 32, "max_size": 64, "multiple_of": 16}}
@@ -182,3 +182,32 @@ def test_command_line(workspace, tmp_path, capsys):
     code = main([str(STANDIN), "--blockskip_plan", str(workspace / "plan.json"),
                  *script_args(workspace, tmp_path / "out", "--cache_latents")])
     assert code == 2 and "blockskip: error: --cache_latents" in capsys.readouterr().err
+
+
+def test_ralu_flag_samples_every_validation_with_ralu(workspace, monkeypatch):
+    from blockskip.sampling.run import RALURun
+
+    steps = []
+    original_step = RALURun.step
+
+    def counting_step(run, velocity, tokens):
+        steps.append(tokens.shape[1])
+        return original_step(run, velocity, tokens)
+
+    monkeypatch.setattr(RALURun, "step", counting_step)
+    output = workspace / "ralu"
+    validation = ["--validation_prompt", "a photo of sks dog", "--num_validation_images", "1", "--validation_epochs", "1"]
+    arguments = split_arguments([str(STANDIN), "--blockskip_ralu", "7x", "--blockskip_plan", str(workspace / "plan.json"),
+                                 *script_args(workspace, output, *validation)])
+    assert arguments.ralu == "7x"
+    arguments.quiet = True
+    arguments.run_with(run_script)
+    validations = len(trace(output, "validation_epoch")) + len(trace(output, "final_validation_images"))
+    assert validations == 3 and len(steps) == 10 * validations  # 7x: 2 + 3 + 5 model calls per image
+    assert steps[:10] == [4] * 5 + [16] * 5  # 64 px: 2×2 half-size cells (10% of 4 rounds to none), then 4×4
+
+
+def test_ralu_flag_is_checked_before_training(workspace):
+    with pytest.raises(ScriptAdapterError, match="unknown RALU preset"):
+        run_script(STANDIN, script_args(workspace, workspace / "never"), workspace / "plan.json", verbose=False, ralu="9x")
+    assert not (workspace / "never").exists()

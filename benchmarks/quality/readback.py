@@ -43,8 +43,8 @@ def prompts_for(kind: str, count: int) -> list:
 
 
 @torch.no_grad()
-def read_back(model, critic, encoder, scenes, side: int, seed: int = 0, steps: int = 20) -> dict[str, float]:
-    images = generate(model, encoder, [caption(scene) for scene in scenes], seed=seed, steps=steps, size=side)
+def read_back(model, critic, encoder, scenes, side: int, seed: int = 0, steps: int = 20, ralu=None) -> dict[str, float]:
+    images = generate(model, encoder, [caption(scene) for scene in scenes], seed=seed, steps=steps, size=side, ralu=ralu)
     if side != IMAGE_SIZE:
         images = F.adaptive_avg_pool2d(images, IMAGE_SIZE)
     features = critic(images)

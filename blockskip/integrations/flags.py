@@ -12,7 +12,7 @@ Example:
     ({'plan': 'p.json', 'quiet': True}, ['--rank', '16'], ('p.json', True, True))
     >>> split_script_arguments(["train.py", "--blockskip_plan", "p.json", "--blockskip_patches", "off"],
     ...                        ValueError, "name the script first")
-    AdapterArguments(script='train.py', plan='p.json', dynamic_patches=False, quiet=False, script_args=[])
+    AdapterArguments(script='train.py', plan='p.json', dynamic_patches=False, quiet=False, script_args=[], ralu=None)
 """
 
 from __future__ import annotations
@@ -31,11 +31,13 @@ class AdapterArguments:
     dynamic_patches: bool = True
     quiet: bool = False
     script_args: list[str] = field(default_factory=list)
+    ralu: str | None = None  # --blockskip_ralu: a RALU preset or settings file for validation images
 
     def run_with(self, run: Callable[..., Any]) -> Any:
-        """`run(script, script_args, plan, dynamic_patches=..., verbose=...)`: an adapter's `run_*`."""
+        """`run(script, script_args, plan, dynamic_patches=..., verbose=...[, ralu=...])`: an adapter's `run_*`."""
         verbose = not self.quiet
-        return run(self.script, self.script_args, self.plan, dynamic_patches=self.dynamic_patches, verbose=verbose)
+        extra = {"ralu": self.ralu} if self.ralu is not None else {}
+        return run(self.script, self.script_args, self.plan, dynamic_patches=self.dynamic_patches, verbose=verbose, **extra)
 
 
 def take_flags(
@@ -74,10 +76,13 @@ def plan_and_patches(values: dict[str, str | bool], error: type[Exception]) -> t
     return str(values["plan"]), patches == "dynamic", bool(values.get("quiet"))
 
 
-def split_script_arguments(argv: list[str], error: type[Exception], no_script: str) -> AdapterArguments:
-    """`SCRIPT [script arguments]` with the adapter's flags anywhere; `no_script` is the message without one."""
-    values, rest = take_flags(argv, ("plan", "patches"), error)
+def split_script_arguments(argv: list[str], error: type[Exception], no_script: str,
+                           valued: Sequence[str] = ("plan", "patches")) -> AdapterArguments:
+    """`SCRIPT [script arguments]` with the adapter's flags anywhere; `no_script` is the message without one.
+    `valued` names the flags this adapter takes a value for (adding "ralu" enables `--blockskip_ralu`)."""
+    values, rest = take_flags(argv, valued, error)
     if not rest or rest[0].startswith("-"):
         raise error(no_script)
     plan, dynamic_patches, quiet = plan_and_patches(values, error)
-    return AdapterArguments(rest[0], plan, dynamic_patches, quiet, rest[1:])
+    ralu = values.get("ralu")
+    return AdapterArguments(rest[0], plan, dynamic_patches, quiet, rest[1:], str(ralu) if ralu is not None else None)

@@ -33,6 +33,7 @@ from ...skipping.skip import apply_block_skip
 from ..patching import Patches
 from .checks import check_lora_layers
 from .families import FAMILIES, family_for_class
+from .ralu_validation import sample_with_ralu
 from .session import ScriptSession
 from .validation import guard_intermediate_validation
 
@@ -72,3 +73,5 @@ def _skip_blocks(model: nn.Module, session: ScriptSession, script_globals: dict)
     session.family = family_for_class(type(model).__name__)
     session.log(handle.summary())
     guard_intermediate_validation(script_globals, model, handle, session)
+    if session.ralu is not None:
+        sample_with_ralu(script_globals, session.ralu, session.family.pipeline_class, session.log)

@@ -24,6 +24,7 @@ from .data import install_data_hook
 from .density import install_density_hook
 from .errors import ScriptAdapterError
 from .loading import install_loading_hook
+from .ralu_validation import read_ralu_flag
 from .saving import install_saving_hook
 from .session import ScriptSession
 
@@ -35,16 +36,19 @@ def run_script(
     *,
     dynamic_patches: bool = True,
     verbose: bool = True,
+    ralu: str | None = None,
 ) -> ScriptSession:
     """Run `script` with `script_args` as `__main__`, with block skipping (and dynamic patches) patched in.
 
+    `ralu` (a RALU preset or settings file) samples the script's validation images with RALU.
     Returns the session: the script's parsed `args`, the block-skip handles, the plan files
     written. Every patch is undone when the script returns or raises.
     """
     plan = BlockSkipPlan.coerce(plan)
     check_plan(plan)
     script = script_path(script, ScriptAdapterError)
-    session = ScriptSession(plan, dynamic_patches=dynamic_patches, script=script, verbose=verbose)
+    session = ScriptSession(plan, dynamic_patches=dynamic_patches, script=script, verbose=verbose,
+                            ralu=read_ralu_flag(ralu) if ralu is not None else None)
     with Patches() as patches, as_script(script, script_args):
         install_argument_hook(patches, session)
         install_loading_hook(patches, session)

@@ -42,6 +42,7 @@ class ScriptSession:
     draws_supplied: int = 0  # calls of compute_density_for_timestep_sampling answered from a batch
     plan_files: list[Path] = field(default_factory=list)
     verbose: bool = True
+    ralu: Any = None  # RALUSettings for validation images (--blockskip_ralu), or None
 
     def log(self, message: str) -> None:
         """One line on stderr, from the local main process only."""

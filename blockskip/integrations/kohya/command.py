@@ -9,7 +9,7 @@ parser sees the rest:
 
 Example:
     >>> split_arguments(["flux_train_network.py", "--blockskip_plan=p.json", "--network_dim", "16"])
-    AdapterArguments(script='flux_train_network.py', plan='p.json', dynamic_patches=True, quiet=False, script_args=['--network_dim', '16'])
+    AdapterArguments(script='flux_train_network.py', plan='p.json', dynamic_patches=True, quiet=False, script_args=['--network_dim', '16'], ralu=None)
 """
 
 from __future__ import annotations
