@@ -86,3 +86,17 @@ def split_script_arguments(argv: list[str], error: type[Exception], no_script: s
     plan, dynamic_patches, quiet = plan_and_patches(values, error)
     ralu = values.get("ralu")
     return AdapterArguments(rest[0], plan, dynamic_patches, quiet, rest[1:], str(ralu) if ralu is not None else None)
+
+
+def read_ralu_flag(value: str, error: type[Exception]):
+    """`--blockskip_ralu`'s value, a RALU preset name (4x, 7x) or a settings JSON file, as `RALUSettings`."""
+    from pathlib import Path
+
+    from ..sampling import RALUSettings, RALUSettingsError
+
+    try:
+        if Path(value).is_file():
+            return RALUSettings.from_json(Path(value).read_text())
+        return RALUSettings.preset(value)
+    except RALUSettingsError as problem:
+        raise error(f"--blockskip_ralu {value}: {problem}") from None

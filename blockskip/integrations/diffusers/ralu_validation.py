@@ -19,24 +19,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-from pathlib import Path
 from typing import Any, Callable
 
-from ...sampling import RALUSettings, RALUSettingsError
+from ...sampling import RALUSettings
 from ...sampling.pipelines import SUPPORTED, apply_ralu, remove_ralu
 from .errors import ScriptAdapterError
 
 _WRAPPED = "_blockskip_ralu_validation"
-
-
-def read_ralu_flag(value: str) -> RALUSettings:
-    """`--blockskip_ralu`'s value: a preset name (4x, 7x) or a settings JSON file."""
-    try:
-        if Path(value).is_file():
-            return RALUSettings.from_json(Path(value).read_text())
-        return RALUSettings.preset(value)
-    except RALUSettingsError as error:
-        raise ScriptAdapterError(f"--blockskip_ralu {value}: {error}") from None
 
 
 def sample_with_ralu(script_globals: dict, settings: RALUSettings, pipeline_class: str, log: Callable[[str], None]) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...skipping.plan import BlockSkipPlan
+from ..flags import read_ralu_flag
 from ..patching import Patches
 from ..scripts import as_script, script_path
 from .arguments import install_argument_hook
@@ -24,7 +25,6 @@ from .data import install_data_hook
 from .density import install_density_hook
 from .errors import ScriptAdapterError
 from .loading import install_loading_hook
-from .ralu_validation import read_ralu_flag
 from .saving import install_saving_hook
 from .session import ScriptSession
 
@@ -48,7 +48,7 @@ def run_script(
     check_plan(plan)
     script = script_path(script, ScriptAdapterError)
     session = ScriptSession(plan, dynamic_patches=dynamic_patches, script=script, verbose=verbose,
-                            ralu=read_ralu_flag(ralu) if ralu is not None else None)
+                            ralu=read_ralu_flag(ralu, ScriptAdapterError) if ralu is not None else None)
     with Patches() as patches, as_script(script, script_args):
         install_argument_hook(patches, session)
         install_loading_hook(patches, session)

@@ -33,7 +33,8 @@ blockskip.integrations.kohya.lora_flux). See docs/trainers/kohya.md."""
 def split_arguments(argv: list[str]) -> AdapterArguments:
     """Take the adapter's flags out of `argv`; the rest is the script and its arguments."""
     return split_script_arguments(
-        argv, KohyaAdapterError, "name the training script first: the path of sd-scripts' flux_train_network.py"
+        argv, KohyaAdapterError, "name the training script first: the path of sd-scripts' flux_train_network.py",
+        ("plan", "patches", "ralu"),
     )
 
 

@@ -26,6 +26,7 @@ from types import ModuleType
 from typing import Any
 
 from ...skipping.plan import BlockSkipPlan
+from ..flags import read_ralu_flag
 from ..scripts import as_script, script_path
 from .checks import check_args, check_plan
 from .errors import KohyaAdapterError
@@ -40,8 +41,11 @@ def run_training(
     *,
     dynamic_patches: bool = True,
     verbose: bool = True,
+    ralu: str | None = None,
 ) -> KohyaSession:
     """Train with `script` (flux_train_network.py) and `script_args`, block skipping and dynamic patches on.
+
+    `ralu` (a RALU preset or settings file) denoises the run's sample images with RALU.
 
     Returns the session: parsed `args`, the skip `handle`, counters. Refusals (`KohyaAdapterError`)
     come before any model loads.
@@ -49,7 +53,8 @@ def run_training(
     plan = BlockSkipPlan.coerce(plan)
     check_plan(plan)
     script = script_path(script, KohyaAdapterError)
-    session = KohyaSession(plan, dynamic_patches=dynamic_patches, script=script, verbose=verbose)
+    session = KohyaSession(plan, dynamic_patches=dynamic_patches, script=script, verbose=verbose,
+                           ralu=read_ralu_flag(ralu, KohyaAdapterError) if ralu is not None else None)
     with _as_script(script, script_args):
         module = _import_script(script)
         parser = module.setup_parser()

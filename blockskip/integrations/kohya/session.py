@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ...skipping.plan import BlockSkipPlan
 from ...skipping.skip import BlockSkipHandle
@@ -33,6 +34,7 @@ class KohyaSession:
     crops: BatchCrops | None = None
     steps_at_blockskip_levels: int = 0  # get_noise_pred_and_target calls noised at blockskip's levels
     verbose: bool = True
+    ralu: Any = None  # RALUSettings for sample images (--blockskip_ralu), or None
     model_plan: BlockSkipPlan = field(init=False)  # the plan as it applies to kohya's Flux
 
     def __post_init__(self) -> None:

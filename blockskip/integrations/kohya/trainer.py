@@ -12,7 +12,7 @@ own `FluxNetworkTrainer` (whatever the loaded checkout defines) and overrides fi
   sample's noise level (`crops.BatchCrops`) before kohya encodes them;
 - `get_noise_pred_and_target`: noised at those levels (`noise.at_noise_levels`);
 - `sample_images`: with residuals "none", sample on the full model
-  (`blockskip.integrations.full_model`).
+  (`blockskip.integrations.full_model`); with `--blockskip_ralu`, denoise with RALU (`.ralu`).
 
 Everything else, the loop included, is the script's own.
 """
@@ -32,6 +32,7 @@ from .density import kohya_sampler
 from .errors import KohyaAdapterError
 from .layout import MODEL_CLASS
 from .noise import at_noise_levels
+from .ralu import sampling_with_ralu
 from .session import KohyaSession
 
 
@@ -102,6 +103,12 @@ def make_trainer_class(script: ModuleType, session: KohyaSession) -> type:
             return result
 
         def sample_images(self, accelerator, args, epoch, global_step, device, ae, tokenizer, text_encoder, flux):
+            if session.ralu is not None:
+                with sampling_with_ralu(flux_train_utils, session.ralu, ae, session.log):
+                    return self._sample_images(accelerator, args, epoch, global_step, device, ae, tokenizer, text_encoder, flux)
+            return self._sample_images(accelerator, args, epoch, global_step, device, ae, tokenizer, text_encoder, flux)
+
+        def _sample_images(self, accelerator, args, epoch, global_step, device, ae, tokenizer, text_encoder, flux):
             call = super().sample_images
             if session.model_plan.residuals.mode == "online":
                 return call(accelerator, args, epoch, global_step, device, ae, tokenizer, text_encoder, flux)
