@@ -127,3 +127,5 @@ def test_benchmark_runs_resumes_and_reports(tmp_path, capsys):
     table = report.read_text()
     assert "| full LoRA @32 |" in table and "1.00× | 1.00× |" in table and "| skip 40% online |" in table
     assert (tmp_path / "docs" / "images" / "quality_skip_40__online.png").exists()
+    for chart in ("quality_scores.png", "quality_memory_vs_similarity.png"):
+        assert (tmp_path / "docs" / "images" / chart).stat().st_size > 1000

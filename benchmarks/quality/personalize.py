@@ -14,7 +14,9 @@ step are measured in the same process, and reported as ratios to the full-LoRA r
 Results go to `<out>/results_<first>_<last>.jsonl`, one line per (row, subject, seed), so an
 interrupted run resumes where it stopped. `--workers N` splits the subjects between N processes
 of one thread each (on a two-core machine, 2 workers finish in about half the time). `--report`
-writes the table (mean ± std over subjects and seeds) and a sample grid per row (`<report dir>/images/quality_<row>.png`).
+writes the table (mean ± std over subjects and seeds), a sample grid per row (`<report dir>/images/quality_<row>.png`),
+a bar chart of the four scores per row with ± std whiskers (`quality_scores.png`) and measured memory
+against subject similarity (`quality_memory_vs_similarity.png`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ from blockskip.shapes.critic import load_critic
 from blockskip.shapes.evaluation import score_samples, subject_prompts
 from blockskip.shapes.grid import save_grid
 from blockskip.shapes.personalize import Recipe, reference_set, train_subject_lora
+
+sys.path.insert(0, str(Path(__file__).parent))
+from plots import memory_quality_scatter, score_bars  # noqa: E402
 
 METRICS = ("subject_similarity", "image_similarity", "prompt_adherence", "subject_accuracy")
 
@@ -221,6 +226,15 @@ def report(args) -> None:
     report_path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     image_dir = report_path.parent / "images"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    charted = {}
+    for name in names:
+        rows_ = by_row[name]
+        spread = {m: (statistics.mean(r[m] for r in rows_), statistics.stdev(r[m] for r in rows_) if len(rows_) > 1 else 0.0) for m in METRICS}
+        memory = statistics.mean(r["memory_bytes"] for r in rows_) / base_memory if "memory_bytes" in rows_[0] and base_memory else None
+        charted[name] = {"scores": spread, "memory": memory}
+    score_bars(charted).save(image_dir / "quality_scores.png")
+    memory_quality_scatter(charted).save(image_dir / "quality_memory_vs_similarity.png")
     shown = [subject for subject in HELD_OUT_SUBJECTS if subject.name in subjects][: args.grid_subjects]
     references = {subject.name: reference_set(subject, count=args.references, seed=seeds[0])[0][:3] for subject in shown}
     for name in names:
