@@ -116,7 +116,7 @@ def test_unsupported_pipelines_and_sizes_are_refused():
     with pytest.raises(TypeError, match="supports FluxPipeline and StableDiffusion3Pipeline"):
         apply_ralu(object())
     pipe = apply_ralu(pipeline("flux"), RALUSettings.preset("4x"))
-    with pytest.raises(ValueError, match="divisible by 32 px"):
+    with pytest.raises(ValueError, match="multiples of 32 px"):
         pipe(**{**CALL, "height": 80, "width": 80}, num_inference_steps=2)
 
 

@@ -2,9 +2,12 @@
 
 The pipeline's own `__call__` runs unchanged (prompts, guidance, callbacks, output types); three
 of its parts are swapped for the duration of the patch: `prepare_latents` starts from half-size
-noise, the scheduler steps through RALU's stages (and changes the latent's resolution at each
-stage end), and the transformer is given the position ids (FLUX) or the mixed-resolution forward
-(SD3) of the current sequence. RALU's stage step counts replace `num_inference_steps`.
+noise (every other latent pixel of the pipeline's own full-size noise), the scheduler steps
+through RALU's stages (and changes the latent's resolution at each stage end), and the
+transformer is given the position ids (FLUX) or the mixed-resolution forward (SD3) of the current
+sequence. RALU's stage step counts replace `num_inference_steps`. The token grid is read from the
+pipeline's own starting latents, so forks of these pipelines with another `vae_scale_factor`
+convention (SimpleTuner's) work too.
 
     >>> from blockskip.sampling import RALUSettings
     >>> apply_ralu(object(), RALUSettings.preset("4x"))
@@ -103,18 +106,24 @@ class _Session:
         return token_scores(canny(grey(images), *self.settings.edge_thresholds).float(), cell)
 
     def begin(self, height: int, width: int, generator) -> None:
-        """A new call: the full-resolution token grid of `height`×`width` pixels."""
-        unit = self.pipeline.vae_scale_factor * self.patch
-        needed = unit * (2 if self.settings.stages > 1 else 1)
-        if height % needed or width % needed:
-            raise ValueError(f"RALU with {self.settings.stages} stages needs height and width divisible by {needed} px "
-                             f"(the half-size latent must still be whole tokens); got {height}×{width}")
+        """A new call: a full-resolution grid of `height`×`width` tokens."""
+        if self.settings.stages > 1 and (height % 2 or width % 2):
+            unit = self.pipeline.vae_scale_factor * self.patch
+            raise ValueError(f"RALU with {self.settings.stages} stages halves the token grid, so it must be even; got "
+                             f"{height}×{width} tokens (image sides should be multiples of {2 * unit} px)")
         if isinstance(generator, list):
             generator = generator[0]  # one region set and one noise draw for the batch
-        self.run = RALURun(self.settings, height // unit, width // unit, self.channels, self.patch, self.score_cells, generator)
+        self.run = RALURun(self.settings, height, width, self.channels, self.patch, self.score_cells, generator)
+
+    def token_grid(self, latents: torch.Tensor, ids: torch.Tensor | None) -> tuple[int, int]:
+        """The token grid of the pipeline's own full-size starting latents (its ids for FLUX)."""
+        if latents.dim() == 4:
+            return latents.shape[-2] // self.patch, latents.shape[-1] // self.patch
+        ids = ids.reshape(-1, 3)
+        return int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1
 
     def half_size(self, latents: torch.Tensor) -> torch.Tensor:
-        """User-given full-size starting noise -> the half-size noise of stage 1 (every other latent pixel)."""
+        """Full-size starting noise -> the half-size noise of stage 1 (every other latent pixel, as RALU does)."""
         if latents.dim() == 4:
             return latents[..., ::2, ::2]
         full_grid = MixedLayout.low(self.run.full_height, self.run.full_width)
@@ -126,12 +135,16 @@ def _prepare_latents(session: _Session):
     original = session.pipeline.prepare_latents
 
     def prepare_latents(batch_size, num_channels_latents, height, width, dtype, device, generator, latents=None):
-        session.begin(int(height), int(width), generator)
+        full = original(batch_size, num_channels_latents, height, width, dtype, device, generator, latents)
+        noise, ids = full if isinstance(full, tuple) else (full, None)
+        session.begin(*session.token_grid(noise, ids), generator)
         if session.settings.stages == 1:
-            return original(batch_size, num_channels_latents, height, width, dtype, device, generator, latents)
-        if latents is not None:
-            latents = session.half_size(latents.to(device=device, dtype=dtype))
-        return original(batch_size, num_channels_latents, height // 2, width // 2, dtype, device, generator, latents)
+            return full
+        noise = session.half_size(noise)
+        if ids is None:
+            return noise
+        low = session.run.position_ids.to(ids.device, ids.dtype)
+        return noise, (low.expand(ids.shape[0], -1, -1) if ids.dim() == 3 else low)  # batched ids where the pipeline uses them
 
     return prepare_latents
 
