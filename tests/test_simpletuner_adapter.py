@@ -18,11 +18,11 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from tiny_pipelines import MAX_TOKENS, build_tiny_pipeline
 
 from blockskip import BlockSkipPlan, measure_peak_memory
 from blockskip.crops.patches import PatchSchedule
 from blockskip.integrations.simpletuner import SimpleTunerAdapterError, main, run_training, split_arguments
-from tiny_pipelines import MAX_TOKENS, build_tiny_pipeline
 
 STANDIN = Path(__file__).parent / "upstream_standins" / "simpletuner"
 PLAN = {"skip": {"leading": 1, "trailing": 2}, "patches": {"min_size": 32, "max_size": 64, "multiple_of": 16}}
@@ -216,3 +216,24 @@ def test_command_line(simpletuner, workspace, tmp_path, capsys, monkeypatch):
     assert (tmp_path / "file" / "blockskip_plan.json").exists()
     code = main(["--blockskip_plan", str(workspace / "plan.json"), *options, "--tread_config", "t.json"])
     assert code == 2 and "blockskip: error: --tread_config" in capsys.readouterr().err
+
+
+def test_ralu_flag_samples_validation_with_ralu_and_gives_the_pipeline_back(simpletuner, workspace, tmp_path, monkeypatch):
+    from blockskip.sampling.run import RALURun
+
+    calls = []
+    step = RALURun.step
+    monkeypatch.setattr(RALURun, "step", lambda run, velocity, tokens: calls.append(tokens.shape[1]) or step(run, velocity, tokens))
+    session = run_training(config(workspace, tmp_path / "out", validation_prompt="a photo of sks dog", validation_resolution=64),
+                           workspace / "plan.json", verbose=False, ralu="7x")
+    trainer = session.trainer
+    assert [entry for entry in trainer.trace if "validation_images" in entry] == [{"validation_images": 1}]
+    assert calls == [4] * 5 + [16] * 5  # 64 px: 2×2 half-size cells (10% rounds to none), then 4×4 tokens
+    (pipeline,) = trainer.model.pipelines.values()
+    assert "prepare_latents" not in pipeline.__dict__ and "get_pipeline" not in trainer.model.__dict__
+
+
+def test_ralu_flag_is_read_before_the_trainer_is_built(simpletuner, workspace, tmp_path):
+    with pytest.raises(SimpleTunerAdapterError, match="unknown RALU preset"):
+        run_training(config(workspace, tmp_path / "never"), workspace / "plan.json", verbose=False, ralu="9x")
+    assert split_arguments(["--blockskip_plan", "p.json", "--blockskip_ralu", "4x"]).ralu == "4x"

@@ -9,6 +9,8 @@ sees its options (its parser rejects unknown ones):
 - `--blockskip_patches {dynamic,off}`: timestep-aware crops of the cached latents (default), or
   none (train at the cached resolution with block skipping only).
 - `--blockskip_quiet`: no `[blockskip]` lines on stderr.
+- `--blockskip_ralu {4x,7x,SETTINGS.json}`: validation images are sampled with RALU
+  (Region-Adaptive Latent Upsampling, docs/ralu.md).
 
 Everything else is SimpleTuner's own options (`--model_family flux --output_dir ...`), parsed by
 SimpleTuner's command-line backend. With neither options nor `--blockskip_config`, SimpleTuner
@@ -16,7 +18,7 @@ finds its configuration itself (`config/config.json`, `ENV=...`).
 
 Example:
     >>> split_arguments(["--blockskip_plan=p.json", "--model_family", "flux", "--blockskip_patches", "off"])
-    AdapterArguments(plan='p.json', config=None, dynamic_patches=False, quiet=False, trainer_args=['--model_family', 'flux'])
+    AdapterArguments(plan='p.json', config=None, dynamic_patches=False, quiet=False, trainer_args=['--model_family', 'flux'], ralu=None)
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from .errors import SimpleTunerAdapterError
 
 BACKENDS = {".json": "json", ".toml": "toml", ".env": "env"}
 USAGE = """usage: python -m blockskip.integrations.simpletuner --blockskip_plan PLAN [--blockskip_config FILE]
-                                                [--blockskip_patches {dynamic,off}] [--blockskip_quiet]
+                                                [--blockskip_patches {dynamic,off}] [--blockskip_ralu {4x,7x,SETTINGS.json}] [--blockskip_quiet]
                                                 [SIMPLETUNER OPTIONS ...]
        accelerate launch -m blockskip.integrations.simpletuner --blockskip_plan PLAN [SIMPLETUNER OPTIONS ...]
 
@@ -52,11 +54,12 @@ class AdapterArguments:
     dynamic_patches: bool = True
     quiet: bool = False
     trainer_args: list[str] = field(default_factory=list)
+    ralu: str | None = None
 
 
 def split_arguments(argv: list[str]) -> AdapterArguments:
     """Take the adapter's flags out of `argv`; the rest is SimpleTuner's options."""
-    values, rest = take_flags(argv, ("plan", "config", "patches"), SimpleTunerAdapterError)
+    values, rest = take_flags(argv, ("plan", "config", "patches", "ralu"), SimpleTunerAdapterError)
     plan, dynamic_patches, quiet = plan_and_patches(values, SimpleTunerAdapterError)
     config = values.get("config")
     if config is not None and rest:
@@ -66,7 +69,8 @@ def split_arguments(argv: list[str]) -> AdapterArguments:
         )
     if config is not None and Path(str(config)).suffix not in BACKENDS:
         raise SimpleTunerAdapterError(f"--blockskip_config {config}: SimpleTuner reads .json, .toml or .env files")
-    return AdapterArguments(plan, config, dynamic_patches, quiet, rest)
+    ralu = values.get("ralu")
+    return AdapterArguments(plan, config, dynamic_patches, quiet, rest, str(ralu) if ralu is not None else None)
 
 
 @contextmanager
@@ -103,4 +107,5 @@ def _start(argv: list[str]) -> None:
 
     arguments = split_arguments(argv)
     with config_source(arguments):
-        run_training(None, arguments.plan, dynamic_patches=arguments.dynamic_patches, verbose=not arguments.quiet)
+        run_training(None, arguments.plan, dynamic_patches=arguments.dynamic_patches, verbose=not arguments.quiet,
+                     ralu=arguments.ralu)

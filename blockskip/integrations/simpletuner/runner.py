@@ -24,6 +24,7 @@ import os
 from typing import Any
 
 from ...skipping.plan import BlockSkipPlan
+from ..flags import read_ralu_flag
 from ..patching import Patches
 from .batches import install_batch_hook
 from .checks import check_config, check_plan
@@ -33,6 +34,7 @@ from .loading import install_loading_hook
 from .saving import install_saving_hook
 from .session import TrainingSession
 from .targets import install_target_hook
+from .validation import install_ralu_hook, remove_ralu_from_pipelines
 
 TRAINER_MODULE = "simpletuner.helpers.training.trainer"
 
@@ -43,8 +45,11 @@ def run_training(
     *,
     dynamic_patches: bool = True,
     verbose: bool = True,
+    ralu: str | None = None,
 ) -> TrainingSession:
     """Train with SimpleTuner's `Trainer(config=config).run()`, with block skipping (and dynamic patches).
+
+    `ralu` (a RALU preset or settings file) samples the validation images with RALU.
 
     Returns the session: the trainer, the block-skip handle, what the last batch used, the plan
     files written. Every patch is undone when training returns or raises.
@@ -52,7 +57,8 @@ def run_training(
     plan = BlockSkipPlan.coerce(plan)
     check_plan(plan)
     trainer_class = _trainer_class()
-    session = TrainingSession(plan, dynamic_patches=dynamic_patches, verbose=verbose)
+    session = TrainingSession(plan, dynamic_patches=dynamic_patches, verbose=verbose,
+                              ralu=read_ralu_flag(ralu, SimpleTunerAdapterError) if ralu is not None else None)
     trainer = trainer_class(config=config)
     session.trainer, session.config = trainer, getattr(trainer, "config", None)
     if session.config is None:
@@ -68,7 +74,12 @@ def run_training(
         install_saving_hook(patches, family_model, session)
         if dynamic_patches:
             install_batch_hook(patches, family_model, session)
-        trainer.run()
+        if session.ralu is not None:
+            install_ralu_hook(patches, family_model, session)
+        try:
+            trainer.run()
+        finally:
+            remove_ralu_from_pipelines(session)
     _check_the_run(session)
     return session
 

@@ -38,6 +38,8 @@ class TrainingSession:
     last_batch: dict[str, Any] | None = None  # what the last prepared batch used (for logs and tests)
     plan_files: list[Path] = field(default_factory=list)
     verbose: bool = True
+    ralu: Any = None  # RALUSettings for validation images (--blockskip_ralu), or None
+    ralu_pipelines: list[Any] = field(default_factory=list)  # pipelines RALU was applied to
 
     def log(self, message: str) -> None:
         """One line on stderr, from the local main process only."""

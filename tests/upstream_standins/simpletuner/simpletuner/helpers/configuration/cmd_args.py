@@ -24,7 +24,8 @@ OPTIONS = {
     "gradient_checkpointing": (_bool, True), "flow_schedule_shift": (float, None),
     "flow_schedule_auto_shift": (_bool, False), "flow_use_uniform_schedule": (_bool, False),
     "flow_sigmoid_scale": (float, 1.0), "optimizer": (str, "torch-adamw"), "flux_guidance_value": (float, 1.0),
-    "tokenizer_max_length": (int, 512),
+    "tokenizer_max_length": (int, 512), "validation_prompt": (str, None), "validation_resolution": (int, 256),
+    "validation_num_inference_steps": (int, 2),
 }
 
 

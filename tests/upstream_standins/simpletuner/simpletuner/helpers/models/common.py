@@ -30,6 +30,7 @@ class ModelFoundation:
         self.config, self.accelerator = config, accelerator
         self.model = None
         self.noise_schedule = None
+        self.pipelines = {}
 
     def unwrap_model(self, model=None):
         model = self.model if model is None else model
@@ -65,6 +66,14 @@ class ModelFoundation:
             exclude_modules=self.DEFAULT_LORA_EXCLUDE_TARGETS,
         )
         self.model.add_adapter(self.lora_config)
+
+    def get_pipeline(self, pipeline_type=PipelineTypes.TEXT2IMG, load_base_model: bool = True):
+        """Upstream builds (and caches) the family's pipeline class around the trained transformer."""
+        if self.pipelines.get(pipeline_type) is None:
+            self.pipelines[pipeline_type] = self.PIPELINE_CLASSES[pipeline_type].from_pretrained(
+                self.config.pretrained_model_name_or_path, transformer=self.unwrap_model(), torch_dtype=self.config.weight_dtype
+            )
+        return self.pipelines[pipeline_type]
 
     def save_lora_weights(self, *args, **kwargs):
         save_directory = args[0] if args else kwargs.pop("save_directory")

@@ -163,3 +163,19 @@ class Trainer:
 
         transformer = self.accelerator.unwrap_model(self.model.model)
         self.model.save_lora_weights(self.config.output_dir, transformer_lora_layers=get_peft_model_state_dict(transformer))
+        if self.config.validation_prompt:
+            self.validate()
+
+    def validate(self):
+        """Upstream's Validation: the family's pipeline around the training transformer, then one image per prompt."""
+        from simpletuner.helpers.models.common import PipelineTypes
+
+        self.model.pipeline = self.model.get_pipeline(pipeline_type=PipelineTypes.TEXT2IMG, load_base_model=False)
+        self.model.pipeline.set_progress_bar_config(disable=True)
+        side = self.config.validation_resolution
+        with torch.no_grad():
+            images = self.model.pipeline(prompt=self.config.validation_prompt, height=side, width=side,
+                                         num_inference_steps=self.config.validation_num_inference_steps,
+                                         max_sequence_length=self.config.tokenizer_max_length,
+                                         generator=torch.Generator().manual_seed(self.config.seed)).images
+        self.trace.append({"validation_images": len(images)})
