@@ -15,7 +15,7 @@ LAYERS = (
     grimp.Layer("commands", "integrations", independent=True),
     grimp.Layer("shapes"),
     grimp.Layer("estimate", "selection", independent=True),
-    grimp.Layer("training", "zeroth_order", "sampling", independent=True),
+    grimp.Layer("training", "zeroth_order", "sampling", "dynamic", independent=True),
     grimp.Layer("skipping"),
     grimp.Layer("residuals"),
     grimp.Layer("families", "crops", independent=True),

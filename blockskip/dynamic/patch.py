@@ -1,0 +1,229 @@
+"""DyDiT's dynamic computation as a reversible patch on the kept blocks of a diffusers transformer.
+
+- **Timestep-wise dynamic width** (`width=True`): per block, two routers read the block's `temb`
+  and open or close each attention head and each MLP channel group. Head 0 and group 0 are always
+  open, as in DyDiT.
+- **Spatial-wise dynamic tokens** (`tokens=True`): per block, a router reads each image token's
+  MLP input and lets closed tokens bypass the MLP.
+
+Gates are hard 0/1 with straight-through gradients (`gates.gate`): they are noisy while the model
+is in training mode and deterministic in eval mode. The routers live in the handle, not in the
+model, so the model's state dict and its LoRA keys stay the stock ones. Train them with
+`handle.parameters()`, add `handle.flops_loss(step)` to the diffusion loss, and
+`handle.remove()` restores the model bit for bit. With a BlockSkip model only the kept blocks
+are patched. This patch gates by multiplying: it trains routers and measures the FLOPs the gates
+would save. A hard mode that gathers the open heads, channels and tokens to realise the saving
+is not built yet (docs/dynamic.md).
+
+    >>> from diffusers import FluxTransformer2DModel
+    >>> model = FluxTransformer2DModel(num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
+    ...     joint_attention_dim=16, pooled_projection_dim=8, in_channels=8, axes_dims_rope=(2, 2, 4))
+    >>> handle = apply_dynamic_computation(model)
+    >>> len(handle.sites), sum(p.numel() for p in handle.parameters()) > 0
+    (2, True)
+    >>> handle.remove()
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..families.layouts import get_layout
+from ..skipping.skip import get_block_skip
+from .blocks import BlockSite, block_costs, block_site
+from .gates import gate
+from .settings import DynamicSettings
+
+_ATTRIBUTE = "_blockskip_dynamic"
+
+
+class _Routers(nn.Module):
+    def __init__(self, site: BlockSite, temb_dim: int, settings: DynamicSettings, width: bool, tokens: bool):
+        super().__init__()
+        if width:
+            self.heads = nn.Linear(temb_dim, site.heads - 1)
+            self.groups = nn.Linear(temb_dim, site.groups - 1)
+            for router in (self.heads, self.groups):
+                nn.init.xavier_uniform_(router.weight)
+                nn.init.constant_(router.bias, settings.width_bias)
+        if tokens:
+            hidden = max(1, site.width // settings.token_hidden_ratio)
+            self.tokens = nn.Sequential(nn.Linear(site.width, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+            nn.init.constant_(self.tokens[2].bias, settings.token_bias)
+
+
+@dataclass
+class _Call:
+    """What the gates of one block did in the last forward (per sample)."""
+
+    costs: tuple[float, float] = (0.0, 0.0)
+    heads: torch.Tensor | None = None  # (B, H) 0/1
+    groups: torch.Tensor | None = None  # (B, G)
+    tokens: torch.Tensor | None = None  # (B, N_img, 1)
+    text_tokens: int = 0
+
+
+@dataclass
+class DynamicHandle:
+    model: nn.Module
+    settings: DynamicSettings
+    width: bool
+    tokens: bool
+    sites: dict[str, BlockSite] = field(default_factory=dict)
+    routers: nn.ModuleDict = field(default_factory=nn.ModuleDict)
+    calls: dict[str, _Call] = field(default_factory=dict)
+    force_open: bool = False  # every gate 1 exactly: the patched model is the original
+    hooks: list = field(default_factory=list)
+
+    def parameters(self):
+        return self.routers.parameters()
+
+    def flops_ratio(self) -> torch.Tensor:
+        """Per sample of the last forward: the gated blocks' attention + MLP FLOPs, as a share of ungated."""
+        spent, total = 0.0, 0.0
+        for call in self.calls.values():
+            attention, mlp = call.costs
+            head_share = call.heads.mean(dim=1) if call.heads is not None else 1.0
+            group_share = call.groups.mean(dim=1) if call.groups is not None else 1.0
+            token_share = call.tokens.mean(dim=(1, 2)) if call.tokens is not None else 1.0
+            spent = spent + attention * head_share + mlp * group_share * token_share
+            total += attention + mlp
+        if not total:
+            raise RuntimeError("no gated block has run yet: call the model first")
+        return spent / total if torch.is_tensor(spent) else torch.tensor(spent / total)
+
+    def flops_loss(self, step: int | None = None) -> torch.Tensor:
+        """DyDiT's FLOPs penalty, weight · (batch mean of the FLOPs ratio − λ)², λ from the schedule at `step`."""
+        target = self.settings.target if step is None else self.settings.target_at(step)
+        return self.settings.loss_weight * (self.flops_ratio().mean() - target) ** 2
+
+    def remove(self) -> None:
+        """Take every hook off; the model is the original again."""
+        for hook in self.hooks:
+            hook.remove()
+        self.hooks.clear()
+        self.model.__dict__.pop(_ATTRIBUTE, None)
+
+
+def _gates(logits: torch.Tensor, handle: DynamicHandle, always_open: bool) -> torch.Tensor:
+    if handle.force_open:
+        values = torch.ones_like(logits)
+    else:
+        values = gate(logits.float(), handle.settings.tau, handle.settings.threshold, training=handle.model.training)
+    if always_open:  # head 0 / group 0
+        values = torch.cat([torch.ones_like(values[..., :1]), values], dim=-1)
+    return values
+
+
+def _expand(mask: torch.Tensor, parts: int, width: int) -> torch.Tensor:
+    """(B, parts) -> (B, 1, width): each part's gate repeated over its share of the channels."""
+    return mask.repeat_interleave(width // parts, dim=-1)[:, None, :]
+
+
+def _install_block(handle: DynamicHandle, name: str, site: BlockSite) -> None:
+    routers = handle.routers[name.replace(".", "_")]
+    signature = inspect.signature(site.block.forward)
+
+    def begin(module, args, kwargs):
+        bound = signature.bind_partial(*args, **kwargs).arguments  # gradient checkpointing passes them positionally
+        temb = bound["temb"]
+        image, text = bound["hidden_states"], bound["encoder_hidden_states"]
+        call = _Call(costs=block_costs(site, image.shape[1], text.shape[1]), text_tokens=text.shape[1])
+        if handle.width:
+            call.heads = _gates(routers.heads(temb.float()), handle, always_open=True)
+            call.groups = _gates(routers.groups(temb.float()), handle, always_open=True)
+        handle.calls[name] = call
+
+    def token_gates(normed_image: torch.Tensor) -> torch.Tensor:
+        logits = routers.tokens(normed_image.float())
+        return _gates(logits, handle, always_open=False)
+
+    handle.hooks.append(site.block.register_forward_pre_hook(begin, with_kwargs=True))
+    inner = site.heads * site.head_dim
+    if site.kind == "double":
+        def gate_heads(module, args):
+            call = handle.calls[name]
+            return (args[0] * _expand(call.heads, site.heads, inner).to(args[0].dtype), *args[1:]) if call.heads is not None else None
+
+        def gate_groups(module, args):
+            call = handle.calls[name]
+            return (args[0] * _expand(call.groups, site.groups, site.mlp_width).to(args[0].dtype), *args[1:]) if call.groups is not None else None
+
+        def gate_tokens(module, args, output):
+            call = handle.calls[name]
+            call.tokens = token_gates(args[0])
+            return output * call.tokens.to(output.dtype)
+
+        if handle.width:
+            handle.hooks += [layer.register_forward_pre_hook(gate_heads) for layer in site.head_outputs]
+            handle.hooks.append(site.mlp_output.register_forward_pre_hook(gate_groups))
+        if handle.tokens:
+            handle.hooks.append(site.mlp_module.register_forward_hook(gate_tokens))
+        return
+
+    def route_tokens(module, args):  # proj_mlp's input: the normed joint sequence, text first
+        call = handle.calls[name]
+        call.tokens = token_gates(args[0][:, call.text_tokens:])
+
+    def gate_fused(module, args):  # proj_out's input: [attention output ‖ MLP activations]
+        call = handle.calls[name]
+        hidden = args[0]
+        attention, mlp = hidden[..., :inner], hidden[..., inner:]
+        if call.heads is not None:
+            attention = attention * _expand(call.heads, site.heads, inner).to(hidden.dtype)
+            mlp = mlp * _expand(call.groups, site.groups, site.mlp_width).to(hidden.dtype)
+        if call.tokens is not None:
+            keep = torch.cat([torch.ones_like(call.tokens[:, :1]).expand(-1, call.text_tokens, -1), call.tokens], dim=1)
+            mlp = mlp * keep.to(hidden.dtype)
+        return (torch.cat([attention, mlp], dim=-1), *args[1:])
+
+    if handle.tokens:
+        handle.hooks.append(site.mlp_module.register_forward_pre_hook(route_tokens))
+    handle.hooks.append(site.mlp_output.register_forward_pre_hook(gate_fused))
+
+
+def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    skip = get_block_skip(model)
+    if skip is not None:
+        return [(name, model.get_submodule(name)) for name in skip.kept_block_names()]
+    return [(f"{block_list.name}.{index}", block) for block_list in get_layout(model) for index, block in enumerate(block_list.blocks)]
+
+
+def apply_dynamic_computation(model: nn.Module, settings: DynamicSettings | None = None, *, width: bool = True,
+                              tokens: bool = True) -> DynamicHandle:
+    """Gate heads and MLP groups by timestep (`width`) and MLP tokens by content (`tokens`) in the
+    kept blocks of `model` (every block when it is not block-skipped); see the module docs."""
+    if not (width or tokens):
+        raise ValueError("nothing to do: give width=True, tokens=True or both")
+    if getattr(model, _ATTRIBUTE, None) is not None:
+        raise RuntimeError("this model already has dynamic computation; handle.remove() first")
+    settings = settings or DynamicSettings()
+    handle = DynamicHandle(model, settings, width, tokens)
+    parameter = next(model.parameters())
+    for name, block in _blocks(model):
+        site = block_site(block)
+        temb_dim = block.norm1.linear.in_features if hasattr(block, "norm1") else block.norm.linear.in_features
+        handle.sites[name] = site
+        handle.routers[name.replace(".", "_")] = _Routers(site, temb_dim, settings, width, tokens).to(parameter.device)
+    for name, site in handle.sites.items():
+        _install_block(handle, name, site)
+    model.__dict__[_ATTRIBUTE] = handle
+    return handle
+
+
+def apply_dynamic_width(model: nn.Module, settings: DynamicSettings | None = None) -> DynamicHandle:
+    """Timestep-wise dynamic width only (heads and MLP channel groups)."""
+    return apply_dynamic_computation(model, settings, width=True, tokens=False)
+
+
+def apply_dynamic_tokens(model: nn.Module, settings: DynamicSettings | None = None) -> DynamicHandle:
+    """Spatial-wise dynamic tokens only (image tokens bypass the MLP)."""
+    return apply_dynamic_computation(model, settings, width=False, tokens=True)
+
+
+def get_dynamic_computation(model: nn.Module) -> DynamicHandle | None:
+    return getattr(model, _ATTRIBUTE, None)

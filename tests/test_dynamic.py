@@ -1,0 +1,95 @@
+"""DyDiT's dynamic width and tokens as patches: exact when open, reversible, gates that cut FLOPs,
+a FLOPs penalty that trains the routers, and composition with block skipping (FLUX and SD3)."""
+
+import pytest
+import torch
+from tiny_models import build_tiny
+
+from blockskip import apply_block_skip, remove_block_skip
+from blockskip.dynamic import DynamicSettings, DynamicSettingsError, apply_dynamic_computation, apply_dynamic_tokens, apply_dynamic_width
+
+FAMILIES = ["FluxTransformer2DModel", "SD3Transformer2DModel"]
+
+
+def run(case, seed=0, batch=2):
+    with torch.no_grad():
+        return case.output(case.model(**case.inputs(seed=seed, batch=batch)))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_open_gates_leave_the_model_exact_and_removal_is_bit_identical(family):
+    case = build_tiny(family)
+    stock = run(case)
+    handle = apply_dynamic_computation(case.model)
+    handle.force_open = True
+    assert torch.allclose(run(case), stock, atol=1e-5)
+    handle.force_open = False  # routers start open (large biases): the eval-mode gates are all 1
+    assert torch.allclose(run(case), stock, atol=1e-5)
+    assert handle.flops_ratio().tolist() == pytest.approx([1.0, 1.0])
+    handle.remove()
+    assert torch.equal(run(case), stock)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_closed_gates_cut_the_counted_flops_and_change_the_output(family):
+    case = build_tiny(family)
+    stock = run(case)
+    handle = apply_dynamic_computation(case.model)
+    with torch.no_grad():
+        for routers in handle.routers.values():
+            routers.heads.bias.fill_(-50.0)  # every head but head 0 closed
+            routers.tokens[2].bias.fill_(-50.0)  # every image token bypasses the MLP
+    gated = run(case)
+    ratio = handle.flops_ratio()
+    assert not torch.allclose(gated, stock, atol=1e-3)
+    assert (ratio < 0.75).all() and (ratio > 0).all()
+    handle.remove()
+
+
+def test_flops_penalty_trains_the_routers_through_the_hard_gates():
+    case = build_tiny("FluxTransformer2DModel")
+    handle = apply_dynamic_width(case.model, DynamicSettings(target=0.5, width_bias=0.5))
+    case.model.train()
+    case.model(**case.inputs(batch=2))
+    loss = handle.flops_loss()
+    loss.backward()
+    grads = [parameter.grad for parameter in handle.parameters() if parameter.grad is not None]
+    assert loss > 0 and grads and any(grad.abs().sum() > 0 for grad in grads)
+    handle.remove()
+
+
+def test_training_gates_are_noisy_and_eval_gates_deterministic():
+    case = build_tiny("FluxTransformer2DModel")
+    handle = apply_dynamic_tokens(case.model, DynamicSettings(token_bias=0.0))
+    with torch.no_grad():
+        case.model.eval()
+        first, second = run(case), run(case)
+        case.model.train()
+        noisy = [run(case) for _ in range(3)]
+    assert torch.equal(first, second)
+    assert not torch.equal(noisy[0], noisy[1]) or not torch.equal(noisy[1], noisy[2])
+    handle.remove()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_composes_with_block_skipping_on_the_kept_blocks_only(family):
+    case = build_tiny(family)
+    skip = apply_block_skip(case.model, {"skip": {"leading": 1, "trailing": 1}})
+    skipped_stock = run(case)
+    handle = apply_dynamic_computation(case.model)
+    assert sorted(handle.sites) == sorted(skip.kept_block_names())
+    assert torch.allclose(run(case), skipped_stock, atol=1e-5)  # open gates: the skipped model unchanged
+    handle.remove()
+    remove_block_skip(case.model)
+
+
+def test_refusals():
+    case = build_tiny("FluxTransformer2DModel")
+    handle = apply_dynamic_width(case.model)
+    with pytest.raises(RuntimeError, match="already has dynamic computation"):
+        apply_dynamic_tokens(case.model)
+    handle.remove()
+    with pytest.raises(TypeError, match="support FluxTransformerBlock"):
+        apply_dynamic_width(build_tiny("SanaTransformer2DModel").model)
+    with pytest.raises(DynamicSettingsError, match="target"):
+        DynamicSettings(target=1.5)
