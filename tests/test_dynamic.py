@@ -93,3 +93,55 @@ def test_refusals():
         apply_dynamic_width(build_tiny("SanaTransformer2DModel").model)
     with pytest.raises(DynamicSettingsError, match="target"):
         DynamicSettings(target=1.5)
+
+
+def close_some_gates(handle):
+    with torch.no_grad():
+        for routers in handle.routers.values():
+            routers.heads.bias[::2] = -50.0  # half of the optional heads closed
+            routers.groups.bias[1::2] = -50.0
+            routers.tokens[2].weight.zero_()
+            routers.tokens[2].bias.fill_(0.0)
+            routers.tokens[0].bias.normal_(generator=torch.Generator().manual_seed(0))  # token gates differ per token
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hard_mode_computes_only_what_is_open_and_matches_the_gated_model(family):
+    from blockskip.estimate.accounting import FlopCounter
+
+    case = build_tiny(family)
+    handle = apply_dynamic_computation(case.model)
+    close_some_gates(handle)
+    inputs = case.inputs(batch=1)
+    with torch.no_grad():
+        soft_flops = FlopCounter()
+        with soft_flops:
+            gated = case.output(case.model(**inputs))
+        handle.hard = True
+        hard_flops = FlopCounter()
+        with hard_flops:
+            hard = case.output(case.model(**inputs))
+    assert torch.allclose(hard, gated, atol=1e-5)
+    assert hard_flops.total < 0.85 * soft_flops.total and torch.isfinite(handle.flops_ratio()).all()
+    assert not handle.swapped and all(type(site.block.attn.to_q).__name__ == "Linear" for site in handle.sites.values())
+    with pytest.raises(RuntimeError, match="hard mode is for inference"):
+        case.model.train()
+        with torch.no_grad():
+            case.model(**inputs)
+    case.model.eval()
+    handle.remove()
+
+
+def test_hard_mode_honours_a_trained_lora():
+    from peft import LoraConfig
+
+    case = build_tiny("FluxTransformer2DModel")
+    case.model.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian", target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    handle = apply_dynamic_computation(case.model)
+    close_some_gates(handle)
+    inputs = case.inputs(batch=1)
+    with torch.no_grad():
+        gated = case.output(case.model(**inputs))
+        handle.hard = True
+        assert torch.allclose(case.output(case.model(**inputs)), gated, atol=1e-5)
+    handle.remove()

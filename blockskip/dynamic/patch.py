@@ -11,9 +11,9 @@ is in training mode and deterministic in eval mode. The routers live in the hand
 model, so the model's state dict and its LoRA keys stay the stock ones. Train them with
 `handle.parameters()`, add `handle.flops_loss(step)` to the diffusion loss, and
 `handle.remove()` restores the model bit for bit. With a BlockSkip model only the kept blocks
-are patched. This patch gates by multiplying: it trains routers and measures the FLOPs the gates
-would save. A hard mode that gathers the open heads, channels and tokens to realise the saving
-is not built yet (docs/dynamic.md).
+are patched. Training gates by multiplying (the routers need every path's gradient); for
+inference, `handle.hard = True` computes only the open heads, channels and tokens (`.hard`), so
+the counted saving is real.
 
     >>> from diffusers import FluxTransformer2DModel
     >>> model = FluxTransformer2DModel(num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
@@ -36,6 +36,7 @@ from ..families.layouts import get_layout
 from ..skipping.skip import get_block_skip
 from .blocks import BlockSite, block_costs, block_site
 from .gates import gate
+from .hard import FusedOutput, GatheredMLP, OpenRowsMLP, channel_index, sliced_linear
 from .settings import DynamicSettings
 
 _ATTRIBUTE = "_blockskip_dynamic"
@@ -65,6 +66,7 @@ class _Call:
     groups: torch.Tensor | None = None  # (B, G)
     tokens: torch.Tensor | None = None  # (B, N_img, 1)
     text_tokens: int = 0
+    rows: torch.Tensor | None = None  # hard mode, FLUX single blocks: which joint-sequence rows run the MLP
 
 
 @dataclass
@@ -77,7 +79,9 @@ class DynamicHandle:
     routers: nn.ModuleDict = field(default_factory=nn.ModuleDict)
     calls: dict[str, _Call] = field(default_factory=dict)
     force_open: bool = False  # every gate 1 exactly: the patched model is the original
+    hard: bool = False  # closed heads, groups and tokens are not computed (eval only; see .hard)
     hooks: list = field(default_factory=list)
+    swapped: list = field(default_factory=list)  # (module, attribute, original) while a block runs hard
 
     def parameters(self):
         return self.routers.parameters()
@@ -101,8 +105,15 @@ class DynamicHandle:
         target = self.settings.target if step is None else self.settings.target_at(step)
         return self.settings.loss_weight * (self.flops_ratio().mean() - target) ** 2
 
+    def restore(self) -> None:
+        """Put back the layers a hard-mode block call swapped for slices."""
+        while self.swapped:
+            module, attribute, original = self.swapped.pop()
+            setattr(module, attribute, original)
+
     def remove(self) -> None:
         """Take every hook off; the model is the original again."""
+        self.restore()
         for hook in self.hooks:
             hook.remove()
         self.hooks.clear()
@@ -137,12 +148,21 @@ def _install_block(handle: DynamicHandle, name: str, site: BlockSite) -> None:
             call.heads = _gates(routers.heads(temb.float()), handle, always_open=True)
             call.groups = _gates(routers.groups(temb.float()), handle, always_open=True)
         handle.calls[name] = call
+        handle.restore()  # a call that raised may have left slices in
+        if handle.hard:
+            if module.training or torch.is_grad_enabled():
+                raise RuntimeError("hard mode is for inference: call model.eval() and run under torch.no_grad()")
+            _swap_in_slices(handle, site, call, routers)
+
+    def end(module, args, output):
+        handle.restore()
 
     def token_gates(normed_image: torch.Tensor) -> torch.Tensor:
         logits = routers.tokens(normed_image.float())
         return _gates(logits, handle, always_open=False)
 
     handle.hooks.append(site.block.register_forward_pre_hook(begin, with_kwargs=True))
+    handle.hooks.append(site.block.register_forward_hook(end))
     inner = site.heads * site.head_dim
     if site.kind == "double":
         def gate_heads(module, args):
@@ -154,6 +174,8 @@ def _install_block(handle: DynamicHandle, name: str, site: BlockSite) -> None:
             return (args[0] * _expand(call.groups, site.groups, site.mlp_width).to(args[0].dtype), *args[1:]) if call.groups is not None else None
 
         def gate_tokens(module, args, output):
+            if handle.hard:  # the gathered MLP has chosen the tokens already
+                return None
             call = handle.calls[name]
             call.tokens = token_gates(args[0])
             return output * call.tokens.to(output.dtype)
@@ -184,6 +206,59 @@ def _install_block(handle: DynamicHandle, name: str, site: BlockSite) -> None:
     if handle.tokens:
         handle.hooks.append(site.mlp_module.register_forward_pre_hook(route_tokens))
     handle.hooks.append(site.mlp_output.register_forward_pre_hook(gate_fused))
+
+
+def _swap(handle: DynamicHandle, module: nn.Module, attribute: str, replacement: nn.Module) -> None:
+    handle.swapped.append((module, attribute, getattr(module, attribute)))
+    setattr(module, attribute, replacement)
+
+
+def _swap_in_slices(handle: DynamicHandle, site: BlockSite, call: _Call, routers: _Routers) -> None:
+    """Replace the block's layers by slices computing only what is open (batch union for heads/groups)."""
+    attn, block = site.block.attn, site.block
+    inner = site.heads * site.head_dim
+    heads = call.heads.amax(dim=0) > 0 if call.heads is not None else torch.ones(site.heads, dtype=torch.bool)
+    groups = call.groups.amax(dim=0) > 0 if call.groups is not None else torch.ones(site.groups, dtype=torch.bool)
+    head_channels = channel_index(heads, inner)
+    group_channels = channel_index(groups, site.mlp_width)
+    if call.heads is not None:
+        for attribute in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"):
+            if getattr(attn, attribute, None) is not None:
+                _swap(handle, attn, attribute, sliced_linear(getattr(attn, attribute), rows=head_channels))
+        handle.swapped.append((attn, "heads", attn.heads))
+        attn.heads = int(heads.sum())
+    if site.kind == "double":
+        if call.heads is not None:
+            _swap(handle, attn.to_out, "0", sliced_linear(attn.to_out[0], columns=head_channels))
+            if getattr(attn, "to_add_out", None) is not None:
+                _swap(handle, attn, "to_add_out", sliced_linear(attn.to_add_out, columns=head_channels))
+        ff = block.ff
+        if call.groups is not None:
+            _swap(handle, ff.net[0], "proj", sliced_linear(ff.net[0].proj, rows=group_channels))
+            _swap(handle, ff.net, "2", sliced_linear(ff.net[2], columns=group_channels))
+        if handle.tokens:
+            def keep(hidden):
+                call.tokens = _gates(routers.tokens(hidden.float()), handle, always_open=False)
+                return call.tokens
+
+            _swap(handle, block, "ff", GatheredMLP(ff, keep))
+        return
+
+    def rows_for(hidden):  # the joint sequence, text first: text rows always run
+        if not handle.tokens:
+            return None
+        call.tokens = _gates(routers.tokens(hidden[:, call.text_tokens:].float()), handle, always_open=False)
+        text = torch.ones(hidden.shape[0], call.text_tokens, dtype=torch.bool, device=hidden.device)
+        call.rows = torch.cat([text, call.tokens[..., 0] > 0], dim=1)
+        return call.rows
+
+    call.rows = None
+    attention_columns = head_channels if call.heads is not None else torch.arange(inner)
+    _swap(handle, block, "proj_mlp", OpenRowsMLP(sliced_linear(block.proj_mlp, rows=group_channels), rows_for))
+    fused = FusedOutput(sliced_linear(block.proj_out, columns=attention_columns.to(block.proj_out.weight.device)),
+                        sliced_linear(block.proj_out, columns=(inner + group_channels).to(block.proj_out.weight.device)),
+                        len(attention_columns), lambda: call.rows)
+    _swap(handle, block, "proj_out", fused)
 
 
 def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -1,0 +1,112 @@
+"""Hard mode: the closed heads, MLP channels and tokens are not computed at all.
+
+For one block call, the open heads and groups (the union over the batch, since a weight slice
+serves the whole batch) become sliced copies of the layers that produce or consume them:
+
+- the q/k/v rows and output-projection columns of the open heads, and `attn.heads` set to their
+  count;
+- the first MLP layer's rows and the last one's columns for the open groups.
+
+These slices are swapped into the block for the call and the originals put back after it. Open
+tokens are gathered (per sample: B·N rows flattened), sent through the MLP and scattered back. A
+LoRA layer is sliced from its effective weight W + scale·B·A, so a trained LoRA is honoured.
+Slices are cached per pattern of open heads or groups and dropped when the weights may have
+changed (`DynamicHandle.hard = False`, `remove()`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def effective_weight(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias) of a Linear, or of a PEFT LoRA Linear with its active adapters merged in."""
+    base = getattr(layer, "base_layer", None)
+    if base is None:
+        return layer.weight, layer.bias
+    weight = base.weight
+    for name in getattr(layer, "active_adapters", []):
+        if name in getattr(layer, "lora_A", {}):
+            delta = layer.lora_B[name].weight @ layer.lora_A[name].weight
+            weight = weight + layer.scaling[name] * delta.to(weight.dtype)
+    return weight, base.bias
+
+
+def sliced_linear(layer: nn.Module, rows: torch.Tensor | None = None, columns: torch.Tensor | None = None) -> nn.Linear:
+    """A plain Linear computing `layer` for output `rows` and/or from input `columns` only."""
+    weight, bias = effective_weight(layer)
+    if rows is not None:
+        weight = weight[rows]
+        bias = bias[rows] if bias is not None else None
+    if columns is not None:
+        weight = weight[:, columns]
+    out = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        out.weight.copy_(weight)
+        if bias is not None:
+            out.bias.copy_(bias)
+    return out.requires_grad_(False)
+
+
+def channel_index(open_parts: torch.Tensor, width: int) -> torch.Tensor:
+    """Indices of the channels of the open parts (each part a contiguous `width // parts` slice)."""
+    parts = open_parts.numel()
+    size = width // parts
+    opened = open_parts.nonzero()[:, 0]
+    return (opened[:, None] * size + torch.arange(size, device=opened.device)[None]).flatten()
+
+
+class GatheredMLP(nn.Module):
+    """Runs `mlp` on the open tokens only: (B, N, D) -> (B, N, D_out), zeros for closed tokens."""
+
+    def __init__(self, mlp: nn.Module, keep):
+        super().__init__()
+        self.mlp, self.keep = mlp, keep  # keep(x) -> (B, N, 1) 0/1 gates, recorded by the caller
+
+    def forward(self, hidden: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        gates = self.keep(hidden)
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        index = gates.reshape(-1).nonzero()[:, 0]
+        result = self.mlp(flat[index][None])[0]
+        out = flat.new_zeros(flat.shape[0], result.shape[-1])
+        out[index] = result
+        return out.reshape(*hidden.shape[:-1], -1)
+
+
+class FusedOutput(nn.Module):
+    """FLUX single blocks' `proj_out` over [attention ‖ MLP] with the MLP part only for open tokens."""
+
+    def __init__(self, attention_part: nn.Linear, mlp_part: nn.Linear, inner: int, open_rows):
+        super().__init__()
+        self.attention_part, self.mlp_part, self.inner, self.open_rows = attention_part, mlp_part, inner, open_rows
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        out = self.attention_part(hidden[..., : self.inner])
+        rows = self.open_rows()  # (B, N) bool or None: every token
+        mlp = hidden[..., self.inner :]
+        if rows is None:
+            return out + F.linear(mlp, self.mlp_part.weight)
+        flat_out, flat_mlp = out.reshape(-1, out.shape[-1]), mlp.reshape(-1, mlp.shape[-1])
+        index = rows.reshape(-1).nonzero()[:, 0]
+        flat_out = flat_out.index_add(0, index, F.linear(flat_mlp[index], self.mlp_part.weight))
+        return flat_out.reshape(out.shape)
+
+
+class OpenRowsMLP(nn.Module):
+    """FLUX single blocks' `proj_mlp` for the open groups (a sliced layer) and the open rows only."""
+
+    def __init__(self, layer: nn.Linear, rows_for):
+        super().__init__()
+        self.layer, self.rows_for = layer, rows_for  # rows_for(hidden) -> (B, N) bool, or None: every row
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        rows = self.rows_for(hidden)
+        if rows is None:
+            return self.layer(hidden)
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        index = rows.reshape(-1).nonzero()[:, 0]
+        out = flat.new_zeros(flat.shape[0], self.layer.out_features)
+        out[index] = self.layer(flat[index])
+        return out.reshape(*hidden.shape[:-1], -1)
