@@ -5,7 +5,7 @@ import pytest
 import torch
 from tiny_models import build_tiny
 
-from blockskip import apply_block_skip, remove_block_skip
+from blockskip import apply_block_skip, get_block_skip, remove_block_skip
 from blockskip.dynamic import DynamicSettings, DynamicSettingsError, apply_dynamic_computation, apply_dynamic_tokens, apply_dynamic_width
 
 FAMILIES = ["FluxTransformer2DModel", "SD3Transformer2DModel"]
@@ -133,15 +133,76 @@ def test_hard_mode_computes_only_what_is_open_and_matches_the_gated_model(family
 
 
 def test_hard_mode_honours_a_trained_lora():
-    from peft import LoraConfig
-
-    case = build_tiny("FluxTransformer2DModel")
-    case.model.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian", target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    case = lora_case()
     handle = apply_dynamic_computation(case.model)
     close_some_gates(handle)
     inputs = case.inputs(batch=1)
     with torch.no_grad():
         gated = case.output(case.model(**inputs))
+        case.model.disable_adapters()
+        without_lora = case.output(case.model(**inputs))
+        case.model.enable_adapters()
         handle.hard = True
-        assert torch.allclose(case.output(case.model(**inputs)), gated, atol=1e-5)
+        hard = case.output(case.model(**inputs))
+    assert not torch.allclose(gated, without_lora, atol=1e-3)  # the LoRA matters here ...
+    assert torch.allclose(hard, gated, atol=1e-5)  # ... and hard mode computes it
     handle.remove()
+
+
+def lora_case(skip=None):
+    from peft import LoraConfig
+
+    case = build_tiny("FluxTransformer2DModel")
+    if skip:
+        apply_block_skip(case.model, skip)
+    case.model.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_q", "to_k", "to_v"]))
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # a trained-looking LoRA: PEFT starts B at zero
+        for name, parameter in case.model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    return case
+
+
+def test_timestep_lora_starts_as_the_static_lora_and_then_depends_on_t(tmp_path):
+    from blockskip.dynamic import apply_timestep_lora, load_timestep_lora
+
+    case = lora_case()
+    inputs = case.inputs(batch=2)
+    static = run_with(case, inputs)
+    handle = apply_timestep_lora(case.model)
+    assert torch.equal(run_with(case, inputs), static)  # zero-started gates: exactly the ordinary LoRA
+    with torch.no_grad():
+        for router in handle.routers.values():
+            router.weight.normal_(generator=torch.Generator().manual_seed(1))
+    gated = run_with(case, inputs)
+    assert not torch.allclose(gated, static, atol=1e-4)
+    late = dict(inputs, timestep=inputs["timestep"] * 0 + 0.9)
+    early = dict(inputs, timestep=inputs["timestep"] * 0 + 0.1)
+    assert not torch.allclose(run_with(case, late) - run_with(case, early), torch.zeros_like(gated), atol=1e-4)
+    path = handle.save(tmp_path / "gates.safetensors")
+    handle.remove()
+    assert torch.equal(run_with(case, inputs), static)  # removal: the static LoRA, which stock loaders read
+    load_timestep_lora(case.model, path)
+    assert torch.allclose(run_with(case, inputs), gated, atol=1e-6)
+
+
+def test_timestep_lora_only_in_kept_blocks_and_refusals(tmp_path):
+    from blockskip.dynamic import apply_timestep_lora, load_timestep_lora
+
+    case = lora_case(skip={"skip": {"leading": 1, "trailing": 1}})
+    handle = apply_timestep_lora(case.model)
+    kept = [name.replace(".", "_") + "_" for name in get_block_skip(case.model).kept_block_names()]
+    assert handle.routers and all(any(key.startswith(prefix) for prefix in kept) for key in handle.routers)
+    path = handle.save(tmp_path / "gates.safetensors")
+    handle.remove()
+    other = lora_case()
+    with pytest.raises(ValueError, match="other LoRA layers"):
+        load_timestep_lora(other.model, path)
+    with pytest.raises(ValueError, match="no LoRA layers"):
+        apply_timestep_lora(build_tiny("FluxTransformer2DModel").model)
+
+
+def run_with(case, inputs):
+    with torch.no_grad():
+        return case.output(case.model(**inputs))

@@ -152,6 +152,8 @@ def _install_block(handle: DynamicHandle, name: str, site: BlockSite) -> None:
         if handle.hard:
             if module.training or torch.is_grad_enabled():
                 raise RuntimeError("hard mode is for inference: call model.eval() and run under torch.no_grad()")
+            if getattr(handle.model, "_blockskip_td_lora", None) is not None:
+                raise RuntimeError("hard mode slices the static LoRA; remove the timestep LoRA gates first")
             _swap_in_slices(handle, site, call, routers)
 
     def end(module, args, output):
