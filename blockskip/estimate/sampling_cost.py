@@ -121,3 +121,59 @@ def _real(compute, mode: FakeTensorMode):
 
     with _disable_current_modes():
         return compute()
+
+
+@dataclass(frozen=True)
+class DynamicCost:
+    """One forward of a full-size model with DyDiT gating at `target` in every block (estimated)."""
+
+    model: str
+    height: int
+    width: int
+    target: float
+    flops: int  # the ungated forward, counted on fake tensors
+    gated_flops: float  # the part the gates scale: attention and image-stream MLP of every block
+
+    @property
+    def dynamic_flops(self) -> float:
+        return self.flops - (1 - self.target) * self.gated_flops
+
+    @property
+    def ratio(self) -> float:
+        """Speed-up in FLOPs of the gated forward over the ungated one."""
+        return self.flops / self.dynamic_flops
+
+
+def estimate_dynamic_forward(model: str, target: float, height: int, width: int, text_length: int | None = None) -> DynamicCost:
+    """FLOPs of one forward of preset `model` when hard-mode gates keep `target` of the gated share.
+
+    The gated share is `blockskip.dynamic`'s own cost model (q/k/v/out projections, the attention
+    matmuls, the image-stream MLP; 2 FLOPs per multiply-add), so the ratio is what the FLOPs
+    penalty's λ buys at inference, before gather overheads.
+
+        >>> cost = estimate_dynamic_forward("FLUX.1-dev", 0.5, 1024, 1024)
+        >>> round(cost.gated_flops / cost.flops, 2), round(cost.ratio, 2)
+        (0.94, 1.89)
+    """
+    from ..dynamic.blocks import block_costs, block_site
+    from ..families.layouts import get_layout
+    from ..skipping.inspection import model_from_config
+
+    preset = get_preset(model)
+    if preset.class_name not in SUPPORTED:
+        raise ValueError(f"dynamic gating is priced for {', '.join(SUPPORTED)}, not {preset.class_name} ({preset.name})")
+    if not 0 < target <= 1:
+        raise ValueError(f"target must lie in (0, 1], got {target}")
+    text = text_length or preset.text_length
+    image_tokens = (height // 16) * (width // 16)
+    meta = model_from_config(preset.config)
+    gated = 0.0
+    for block_list in get_layout(meta):
+        for block in block_list.blocks:
+            attention, mlp = block_costs(block_site(block), image_tokens, text)
+            gated += 2 * (attention + mlp)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake = fake_model(preset.config, torch.bfloat16, mode)
+        full = _forward_flops(fake, StepShape(height=height, width=width, text_length=text), None, False, image_tokens, None,
+                              preset.class_name)
+    return DynamicCost(preset.name, height, width, target, full, gated)
