@@ -4,6 +4,9 @@ solid red object on plain navy, the caption naming its shape) and sample every s
     python benchmarks/quality/easy_world_probe.py --init benchmarks/quality/weights/shapes-dit-multires.safetensors \
         --steps 1500 --grid docs/images/shapes_easy_world_probe.png
 
+`--world single-object` keeps one object per scene but every colour, pattern, size, background
+and texture, fully captioned: it separates "several objects per scene" from "many attributes".
+
 A diagnostic for issue 16, not a benchmark row: if shapes appear here within minutes but not in
 the full world, the architecture and the conditioning path are sound and the full world's shape
 signal is what is too weak (see docs/quality.md). Batch 32 at 32 px, AdamW lr 1e-3, no EMA; the
@@ -22,7 +25,14 @@ import torch
 from blockskip.shapes import ShapesTextEncoder, build_shapes_dit, generate, load_shapes_dit, pack, render
 from blockskip.shapes.generate import velocity
 from blockskip.shapes.grid import save_grid
-from blockskip.shapes.scenes import SHAPES, Scene, Thing
+from blockskip.shapes.scenes import SHAPES, Scene, Thing, caption, sample_scene
+
+
+def single_object_batch(generator: torch.Generator, encoder: ShapesTextEncoder, size: int = 32):
+    """One object of any identity and size, on any background and texture, fully captioned."""
+    scenes = [sample_scene(generator, objects=1) for _ in range(size)]
+    tokens, ids = pack(torch.stack([render(scene, 32) for scene in scenes]))
+    return tokens, ids, *encoder([caption(scene) for scene in scenes])
 
 
 def easy_batch(generator: torch.Generator, encoder: ShapesTextEncoder, size: int = 32):
@@ -41,6 +51,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--init", default=None, help="start from these weights (default: a random model)")
     parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--world", choices=["easy", "single-object"], default="easy",
+                        help="easy: one solid red object on plain navy; single-object: one object of the full world, fully captioned")
     parser.add_argument("--grid", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
@@ -51,7 +63,7 @@ def main(argv=None) -> int:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.0)
     started = time.perf_counter()
     for step in range(args.steps):
-        tokens, ids, text, pooled = easy_batch(generator, encoder)
+        tokens, ids, text, pooled = (easy_batch if args.world == "easy" else single_object_batch)(generator, encoder)
         sigma = torch.sigmoid(torch.randn(len(tokens), generator=generator))
         noise = torch.randn(tokens.shape, generator=generator)
         noisy = (1 - sigma[:, None, None]) * tokens + sigma[:, None, None] * noise
