@@ -147,3 +147,19 @@ def test_sd3_child_positions_sit_at_half_steps_of_the_cropped_table():
 
 def test_diffusers_adapter_samples_validation_images_with_ralu(tmp_path):
     pass
+
+
+def test_the_shared_transformer_is_left_alone_outside_a_sampling_call():
+    pipe = pipeline("flux")
+    transformer = pipe.transformer
+    inputs = dict(hidden_states=torch.randn(1, 64, 64), encoder_hidden_states=torch.randn(1, 16, 32),
+                  pooled_projections=torch.randn(1, 32), timestep=torch.tensor([0.5]), guidance=torch.tensor([3.5]),
+                  img_ids=torch.rand(64, 3), txt_ids=torch.zeros(16, 3), return_dict=False)
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+    apply_ralu(pipe, RALUSettings.preset("7x"))
+    generate(pipe)
+    assert pipe.__dict__["_blockskip_ralu"].run is None
+    with torch.no_grad():
+        assert torch.equal(transformer(**inputs)[0], stock)  # a training-loop call between validations
+    assert torch.equal(transformer(**inputs)[0].detach(), stock)

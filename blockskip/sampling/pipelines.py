@@ -62,6 +62,8 @@ class RALUScheduler:
         session = self.session
         tokens = session.run.step(session.to_tokens(model_output), session.to_tokens(sample))
         result = session.from_tokens(tokens)
+        if session.run.finished:
+            session.run = None  # the transformer is left alone outside a sampling call
         return _Output((result,)) if return_dict else (result,)
 
 
@@ -151,8 +153,10 @@ def _prepare_latents(session: _Session):
 
 def _flux_ids_hook(session: _Session):
     def substitute_ids(module, args, kwargs):
+        # Only inside a sampling call (pipelines run without grad): a pipeline may share its
+        # transformer with a training loop (SimpleTuner validates with the training model).
         ids = kwargs.get("img_ids")
-        if ids is not None and session.run is not None:
+        if ids is not None and session.run is not None and not torch.is_grad_enabled():
             kwargs["img_ids"] = session.run.position_ids.to(ids.device, ids.dtype)
         return args, kwargs
 

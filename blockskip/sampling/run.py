@@ -63,6 +63,11 @@ class RALURun:
         return self.full_height * self.full_width if self.layout is None else self.layout.tokens
 
     @property
+    def finished(self) -> bool:
+        """Every model call of the last stage has been stepped."""
+        return self.stage == self.settings.stages - 1 and self.index == len(self.grids[self.stage]) - 1
+
+    @property
     def sigma(self) -> float:
         return float(self.grids[self.stage][self.index])
 
