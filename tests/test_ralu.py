@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from blockskip.sampling import MixedLayout, RALURun, RALUSettings, RALUSettingsError, stage_sigmas, transition
 from blockskip.sampling.edges import canny, grey, token_scores
-from blockskip.sampling.mixed_tokens import duplicate_noise, low_grid, refine, select_cells, upsample_children
+from blockskip.sampling.mixed_tokens import duplicate_noise, refine, select_cells, unpack_tokens, upsample_children
 
 
 def test_presets_give_the_official_sigma_grids():
@@ -63,7 +63,7 @@ def test_children_are_the_nearest_upsampled_latent():
     latent = torch.randn(2, 3, 4, 6)  # (B, C, H, W), patch 2 -> 2×3 cells
     tokens = latent.reshape(2, 3, 2, 2, 3, 2).permute(0, 2, 4, 1, 3, 5).reshape(2, 6, 12)
     layout = MixedLayout.low(2, 3)
-    assert torch.equal(low_grid(tokens, layout, 3, 2), latent)
+    assert torch.equal(unpack_tokens(tokens, layout.height, layout.width, 3, 2), latent)
     full = refine(tokens, layout, layout.as_full(), 1.0, 0.0, 6.0, channels=3, patch=2)
     upsampled = F.interpolate(latent, scale_factor=2, mode="nearest")
     expected = upsampled.reshape(2, 3, 4, 2, 6, 2).permute(0, 2, 4, 1, 3, 5).reshape(2, 24, 12)

@@ -123,22 +123,14 @@ def _zeroth_order(args: argparse.Namespace):
     return ZerothOrderPricing(queries=args.zo_queries, estimator=args.zo_estimator, update=args.zo_update)
 
 
-def ralu_settings(text: str):
-    """A RALU preset name or the path of a settings JSON."""
-    from ..sampling import RALUSettings
-
-    if Path(text).is_file():
-        return RALUSettings.from_json(Path(text).read_text())
-    return RALUSettings.preset(text)
-
-
 def ralu_sampling(args: argparse.Namespace) -> int:
     from ..estimate.sampling_cost import estimate_ralu_sampling
+    from ..sampling import RALUSettings
 
     if args.compare or args.plot or args.zeroth_order or args.plan:
         raise ValueError("--ralu prices sampling; it does not combine with --plan, --compare, --plot or --zeroth-order")
     side = args.resolution or 1024
-    cost = estimate_ralu_sampling(args.model, ralu_settings(args.ralu), side, side, text_length=args.text_length)
+    cost = estimate_ralu_sampling(args.model, RALUSettings.load(args.ralu), side, side, text_length=args.text_length)
     reference = args.ralu_reference_steps
     if args.json:
         print(json.dumps({"model": cost.model, "height": side, "width": side, "calls": cost.calls, "tokens": cost.tokens,

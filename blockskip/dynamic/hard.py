@@ -58,6 +58,16 @@ def channel_index(open_parts: torch.Tensor, width: int) -> torch.Tensor:
     return (opened[:, None] * size + torch.arange(size, device=opened.device)[None]).flatten()
 
 
+def run_on_rows(module: nn.Module, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """`module` applied to the rows of `hidden` (B, N, D) where `rows` (B, N) is set, zeros elsewhere."""
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    index = rows.reshape(-1).nonzero()[:, 0]
+    result = module(flat[index])
+    out = flat.new_zeros(flat.shape[0], result.shape[-1])
+    out[index] = result
+    return out.reshape(*hidden.shape[:-1], -1)
+
+
 class GatheredMLP(nn.Module):
     """Runs `mlp` on the open tokens only: (B, N, D) -> (B, N, D_out), zeros for closed tokens."""
 
@@ -66,13 +76,7 @@ class GatheredMLP(nn.Module):
         self.mlp, self.keep = mlp, keep  # keep(x) -> (B, N, 1) 0/1 gates, recorded by the caller
 
     def forward(self, hidden: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        gates = self.keep(hidden)
-        flat = hidden.reshape(-1, hidden.shape[-1])
-        index = gates.reshape(-1).nonzero()[:, 0]
-        result = self.mlp(flat[index][None])[0]
-        out = flat.new_zeros(flat.shape[0], result.shape[-1])
-        out[index] = result
-        return out.reshape(*hidden.shape[:-1], -1)
+        return run_on_rows(self.mlp, hidden, self.keep(hidden)[..., 0] > 0)
 
 
 class FusedOutput(nn.Module):
@@ -103,10 +107,4 @@ class OpenRowsMLP(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         rows = self.rows_for(hidden)
-        if rows is None:
-            return self.layer(hidden)
-        flat = hidden.reshape(-1, hidden.shape[-1])
-        index = rows.reshape(-1).nonzero()[:, 0]
-        out = flat.new_zeros(flat.shape[0], self.layer.out_features)
-        out[index] = self.layer(flat[index])
-        return out.reshape(*hidden.shape[:-1], -1)
+        return self.layer(hidden) if rows is None else run_on_rows(self.layer, hidden, rows)

@@ -90,13 +90,9 @@ def split_script_arguments(argv: list[str], error: type[Exception], no_script: s
 
 def read_ralu_flag(value: str, error: type[Exception]):
     """`--blockskip_ralu`'s value, a RALU preset name (4x, 7x) or a settings JSON file, as `RALUSettings`."""
-    from pathlib import Path
-
     from ..sampling import RALUSettings, RALUSettingsError
 
     try:
-        if Path(value).is_file():
-            return RALUSettings.from_json(Path(value).read_text())
-        return RALUSettings.preset(value)
+        return RALUSettings.load(value)
     except RALUSettingsError as problem:
         raise error(f"--blockskip_ralu {value}: {problem}") from None

@@ -71,3 +71,13 @@ def gradient_magnitude(latents: torch.Tensor) -> torch.Tensor:
 def token_scores(edges: torch.Tensor, cell: int) -> torch.Tensor:
     """Edge strength (B, H, W) summed over each `cell`×`cell` patch -> (B, H/cell, W/cell)."""
     return F.avg_pool2d(edges.float()[:, None], cell)[:, 0] * cell * cell
+
+
+def cell_scores(latents: torch.Tensor, cells_wide: int, patch: int, detector: str = "canny",
+                thresholds: tuple[float, float] = (100.0, 200.0), decode=None) -> torch.Tensor:
+    """Edge strength per token cell of half-size latents (B, C, H, W): the latent's Sobel magnitude
+    ("gradient"), or Canny on `decode(latents)` ("canny"; without `decode` the latents are the image)."""
+    if detector == "gradient":
+        return token_scores(gradient_magnitude(latents), patch)
+    images = decode(latents) if decode is not None else latents
+    return token_scores(canny(grey(images.float()), *thresholds).float(), images.shape[-1] // cells_wide)

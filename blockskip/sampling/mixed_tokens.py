@@ -139,8 +139,21 @@ def select_cells(scores: torch.Tensor, fraction: float) -> torch.Tensor:
     return high.reshape(scores.shape[-2:])
 
 
-def low_grid(tokens: torch.Tensor, layout: MixedLayout, channels: int, patch: int) -> torch.Tensor:
-    """The latent (B, C, height·patch, width·patch) of an all-low sequence, for scoring its cells."""
+def pack_tokens(latents: torch.Tensor, patch: int) -> torch.Tensor:
+    """Latents (B, C, H, W) -> tokens (B, H/p · W/p, C·p²), (channel, row, column) inside a token."""
+    batch, channels, height, width = latents.shape
+    grid = latents.reshape(batch, channels, height // patch, patch, width // patch, patch)
+    return grid.permute(0, 2, 4, 1, 3, 5).reshape(batch, -1, channels * patch * patch)
+
+
+def unpack_tokens(tokens: torch.Tensor, height: int, width: int, channels: int, patch: int) -> torch.Tensor:
+    """Tokens of a `height`×`width` grid in raster order -> latents (B, C, height·p, width·p)."""
     batch = tokens.shape[0]
-    pixels = tokens.reshape(batch, layout.height, layout.width, channels, patch, patch)
-    return pixels.permute(0, 3, 1, 4, 2, 5).reshape(batch, channels, layout.height * patch, layout.width * patch)
+    pixels = tokens.reshape(batch, height, width, channels, patch, patch)
+    return pixels.permute(0, 3, 1, 4, 2, 5).reshape(batch, channels, height * patch, width * patch)
+
+
+def half_size_tokens(tokens: torch.Tensor, height: int, width: int, channels: int, patch: int) -> torch.Tensor:
+    """Tokens of a `height`×`width` grid -> those of the half-size grid, keeping every other latent
+    pixel (how RALU's first stage starts from full-size noise)."""
+    return pack_tokens(unpack_tokens(tokens, height, width, channels, patch)[..., ::2, ::2], patch)

@@ -22,8 +22,8 @@ import types
 
 import torch
 
-from .edges import canny, gradient_magnitude, grey, token_scores
-from .mixed_tokens import MixedLayout, low_grid
+from .edges import cell_scores
+from .mixed_tokens import MixedLayout, half_size_tokens, pack_tokens, unpack_tokens
 from .run import RALURun
 from .sd3_mixed import sd3_mixed_forward
 from .settings import RALUSettings
@@ -80,32 +80,26 @@ class _Session:
 
     # --- latents: FLUX's are packed tokens already; SD3's are 4-D except in the mixed stage
     def to_tokens(self, latents: torch.Tensor) -> torch.Tensor:
-        if latents.dim() == 3:
-            return latents
-        batch, channels, height, width = latents.shape
-        p = self.patch
-        return latents.reshape(batch, channels, height // p, p, width // p, p).permute(0, 2, 4, 1, 3, 5).reshape(batch, -1, channels * p * p)
+        return latents if latents.dim() == 3 else pack_tokens(latents, self.patch)
 
     def from_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         layout = self.run.layout
         if self.flux or (layout is not None and not layout.full and layout.high.any()):
             return tokens
         height, width = (self.run.full_height, self.run.full_width) if layout is None or layout.full else (layout.height, layout.width)
-        p, batch = self.patch, tokens.shape[0]
-        grid = tokens.reshape(batch, height, width, self.channels, p, p).permute(0, 3, 1, 4, 2, 5)
-        return grid.reshape(batch, self.channels, height * p, width * p)
+        return unpack_tokens(tokens, height, width, self.channels, self.patch)
 
     # --- where the edges are: decode Tweedie's estimate at half size, Canny, sum per cell
     def score_cells(self, clean: torch.Tensor, layout: MixedLayout) -> torch.Tensor:
-        latents = low_grid(clean, layout, self.channels, self.patch)
-        if self.settings.edge_detector == "gradient":
-            return token_scores(gradient_magnitude(latents), self.patch)
         vae = self.pipeline.vae
         shift = getattr(vae.config, "shift_factor", None) or 0.0
-        with torch.no_grad():
-            images = vae.decode((latents / vae.config.scaling_factor + shift).to(vae.dtype), return_dict=False)[0]
-        cell = images.shape[-1] // layout.width
-        return token_scores(canny(grey(images), *self.settings.edge_thresholds).float(), cell)
+
+        def decode(latents):
+            with torch.no_grad():
+                return vae.decode((latents / vae.config.scaling_factor + shift).to(vae.dtype), return_dict=False)[0]
+
+        latents = unpack_tokens(clean, layout.height, layout.width, self.channels, self.patch)
+        return cell_scores(latents, layout.width, self.patch, self.settings.edge_detector, self.settings.edge_thresholds, decode)
 
     def begin(self, height: int, width: int, generator) -> None:
         """A new call: a full-resolution grid of `height`×`width` tokens."""
@@ -128,9 +122,7 @@ class _Session:
         """Full-size starting noise -> the half-size noise of stage 1 (every other latent pixel, as RALU does)."""
         if latents.dim() == 4:
             return latents[..., ::2, ::2]
-        full_grid = MixedLayout.low(self.run.full_height, self.run.full_width)
-        pixels = low_grid(latents, full_grid, self.channels, self.patch)[..., ::2, ::2]
-        return self.to_tokens(pixels)
+        return half_size_tokens(latents, self.run.full_height, self.run.full_width, self.channels, self.patch)
 
 
 def _prepare_latents(session: _Session):

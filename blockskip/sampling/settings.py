@@ -69,6 +69,14 @@ class RALUSettings:
         return cls(**_PRESETS[name])
 
     @classmethod
+    def load(cls, preset_or_path: str) -> RALUSettings:
+        """A preset name ("4x", "7x") or the path of a settings JSON file."""
+        from pathlib import Path
+
+        path = Path(preset_or_path)
+        return cls.from_json(path.read_text()) if path.is_file() else cls.preset(preset_or_path)
+
+    @classmethod
     def full_resolution(cls, steps: int, shift: float = 3.0) -> RALUSettings:
         """One full-resolution stage: the stock sampler's Euler steps on a shifted grid."""
         return cls(steps=(steps,), stage_ends=(1.0,), shifts=(shift,), region_fraction=0.0)

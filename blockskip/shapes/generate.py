@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from ..sampling import MixedLayout, RALURun, RALUSettings
-from ..sampling.edges import canny, gradient_magnitude, grey, token_scores
-from ..sampling.mixed_tokens import low_grid
+from ..sampling.edges import cell_scores
+from ..sampling.mixed_tokens import unpack_tokens
 from .model import PIXELS_PER_TOKEN, image_ids, text_ids, unpack
 from .text import ShapesTextEncoder
 
@@ -75,9 +75,8 @@ def generate(
 
 def _score_pixels(settings: RALUSettings):
     def score_cells(clean: torch.Tensor, layout: MixedLayout) -> torch.Tensor:
-        pixels = low_grid(clean, layout, 3, PIXELS_PER_TOKEN)  # no VAE: the latent is the half-size image
-        edges = gradient_magnitude(pixels) if settings.edge_detector == "gradient" else canny(grey(pixels), *settings.edge_thresholds).float()
-        return token_scores(edges, PIXELS_PER_TOKEN)
+        pixels = unpack_tokens(clean, layout.height, layout.width, 3, PIXELS_PER_TOKEN)  # no VAE: the latent is the image
+        return cell_scores(pixels, layout.width, PIXELS_PER_TOKEN, settings.edge_detector, settings.edge_thresholds)
 
     return score_cells
 

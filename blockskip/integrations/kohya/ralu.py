@@ -17,22 +17,24 @@ from typing import Any, Iterator
 import torch
 
 from ...sampling import MixedLayout, RALURun, RALUSettings
-from ...sampling.edges import canny, gradient_magnitude, grey, token_scores
-from ...sampling.mixed_tokens import low_grid
+from ...sampling.edges import cell_scores
+from ...sampling.mixed_tokens import half_size_tokens, unpack_tokens
 from .errors import KohyaAdapterError
 
 CHANNELS, PATCH = 16, 2  # FLUX.1 latents, packed 2×2
 
 
 def _scorer(settings: RALUSettings, autoencoder):
-    def score_cells(clean: torch.Tensor, layout: MixedLayout) -> torch.Tensor:
-        latents = low_grid(clean, layout, CHANNELS, PATCH)
-        if settings.edge_detector == "gradient" or autoencoder is None:
-            return token_scores(gradient_magnitude(latents), PATCH)
+    detector = settings.edge_detector if autoencoder is not None else "gradient"  # nothing to decode with
+
+    def decode(latents):
         parameter = next(autoencoder.parameters())
         with torch.no_grad():
-            images = autoencoder.decode(latents.to(parameter.device, parameter.dtype))  # sd-scripts' decode unscales itself
-        return token_scores(canny(grey(images.float()), *settings.edge_thresholds).float(), images.shape[-1] // layout.width)
+            return autoencoder.decode(latents.to(parameter.device, parameter.dtype))  # sd-scripts' decode unscales itself
+
+    def score_cells(clean: torch.Tensor, layout: MixedLayout) -> torch.Tensor:
+        latents = unpack_tokens(clean, layout.height, layout.width, CHANNELS, PATCH)
+        return cell_scores(latents, layout.width, PATCH, detector, settings.edge_thresholds, decode)
 
     return score_cells
 
@@ -47,10 +49,7 @@ def ralu_denoise(settings: RALUSettings, autoencoder=None):
             raise KohyaAdapterError(f"RALU needs a full {height}×{width} token grid; got {img.shape[1]} tokens")
         run = RALURun(settings, height, width, CHANNELS, PATCH, _scorer(settings, autoencoder))
         if settings.stages > 1:  # stage 1 starts from every other latent pixel of the given noise
-            pixels = low_grid(img, MixedLayout.low(height, width), CHANNELS, PATCH)[..., ::2, ::2]
-            batch, _, low_h, low_w = pixels.shape
-            img = pixels.reshape(batch, CHANNELS, low_h // PATCH, PATCH, low_w // PATCH, PATCH)
-            img = img.permute(0, 2, 4, 1, 3, 5).reshape(batch, -1, CHANNELS * PATCH * PATCH)
+            img = half_size_tokens(img, height, width, CHANNELS, PATCH)
         guided = neg_txt is not None and neg_vec is not None
         rows = 2 * img.shape[0] if guided else img.shape[0]
         guidance_vec = torch.full((rows,), guidance, device=img.device, dtype=img.dtype)
