@@ -45,6 +45,7 @@ class RALURun:
         self.layout = MixedLayout.low(height // 2, width // 2) if settings.stages > 1 else None  # None: one plain stage
         self.full_height, self.full_width = height, width
         self.stage, self.index = 0, 0
+        self._ids: tuple[MixedLayout | None, torch.Tensor] | None = None  # (layout, its ids)
 
     @property
     def sigmas(self) -> torch.Tensor:
@@ -53,9 +54,11 @@ class RALURun:
 
     @property
     def position_ids(self) -> torch.Tensor:
-        if self.layout is None:
-            return grid_ids(self.full_height, self.full_width)
-        return self.layout.position_ids()
+        """Ids of the current sequence; worked out once per layout (every model call asks for them)."""
+        if self._ids is None or self._ids[0] is not self.layout:
+            ids = grid_ids(self.full_height, self.full_width) if self.layout is None else self.layout.position_ids()
+            self._ids = (self.layout, ids)
+        return self._ids[1]
 
     @property
     def tokens(self) -> int:
