@@ -77,6 +77,24 @@ def test_object_weights_set_how_many_objects_scenes_get():
         pretrain.main(["--out", "unused", "--object-weights", "1,1"])
 
 
+def test_silhouette_weights_count_outlines_more_and_leave_the_images_alone():
+    pretrain = _load("pretrain")
+    from blockskip.shapes import ShapesTextEncoder, unpack
+
+    encoder = ShapesTextEncoder()
+    plain = pretrain.training_batch(11, 3, encoder, 0, [32, 48], None, 1.0)
+    weighted = pretrain.training_batch(11, 3, encoder, 0, [32, 48], None, 1.0, silhouette_weight=4.0, sigma_shift=3.0)
+    for same in (0, 1, 2, 3, 5):  # tokens, ids, text, pooled, noise: the same draws, crops included
+        assert torch.equal(plain[same], weighted[same])
+    assert plain[6].shape == () and float(plain[6]) == 1.0
+    weights, sigma = weighted[6], weighted[4]
+    assert weights.shape == plain[0].shape and torch.isclose(weights.mean(), torch.tensor(1.0))
+    side = int(plain[1].shape[0] ** 0.5) * 4
+    pixels = unpack(weights, side, side)[:, 0]
+    assert pixels.max() / pixels.min() == pytest.approx(5.0, rel=1e-5)  # outline pixels count 1 + 4 times
+    assert torch.allclose(sigma, 3 * plain[4] / (1 + 2 * plain[4])) and bool((sigma >= plain[4]).all())
+
+
 def test_a_run_continues_from_exported_weights_and_the_card_adds_up(tmp_path, monkeypatch):
     pretrain = _load("pretrain")
     exported = tmp_path / "package" / "shapes-dit.safetensors"

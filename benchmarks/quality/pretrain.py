@@ -23,6 +23,12 @@ changes the architecture; `--object-weights 0.6,0.25,0.15` draws more single-obj
 shape of a lone large object is most of its loss signal); `--device cuda --bf16` trains on a GPU. With the defaults (one side 32,
 no crops) the batches are exactly those of the first pretraining run.
 
+Making outlines count: a shape differs from a blob of its colours in a few percent of the pixels, so
+plain MSE spends almost all its gradient on colours and patterns (docs/quality.md, "Why the shapes
+do not form"). `--silhouette-weight w` counts the pixels near an object's outline 1 + w times
+(weights normalised to mean 1), and `--sigma-shift s` moves the logit-normal σ toward the noisy
+end, where the outline is decided, as FLUX and SD3 shift theirs. Neither changes the images drawn.
+
 Longer than one sitting: `--init-from blockskip/shapes/weights/shapes-dit.safetensors` starts a
 new run from exported weights (model and EMA; the optimizer starts afresh), under another `--seed`
 so its batches are new. The exported card then adds the earlier runs' images and minutes to this
@@ -52,7 +58,7 @@ from blockskip.shapes import (
 from blockskip.shapes.generate import velocity
 from blockskip.shapes.grid import save_grid
 from blockskip.shapes.model import PIXELS_PER_TOKEN, SHAPES_DIT_CONFIG, WEIGHTS_FILE
-from blockskip.shapes.scenes import caption
+from blockskip.shapes.scenes import caption, coverage
 
 ROLES = ("size", "colour", "pattern", "accent", "texture")
 PREVIEW_PROMPTS = [
@@ -93,9 +99,29 @@ def scene_objects(generator: torch.Generator, object_weights: list[float] | None
     return int(torch.multinomial(torch.tensor(object_weights), 1, generator=generator)) + 1
 
 
+def silhouette_weights(silhouettes: torch.Tensor, weight: float) -> torch.Tensor:
+    """Per-token loss weights (B, N, 48) that count pixels near an object's outline 1 + `weight`
+    times, the rest once; normalised to mean 1 so the loss keeps its scale. `silhouettes` is the
+    scenes' coverage, (B, 1, H, W) in [0, 1]; a pixel is near an outline when its 3×3 neighbourhood
+    holds both covered and uncovered pixels."""
+    dilated = torch.nn.functional.max_pool2d(silhouettes, 3, 1, 1)
+    eroded = -torch.nn.functional.max_pool2d(-silhouettes, 3, 1, 1)
+    weights = 1 + weight * (dilated - eroded)
+    weights = weights / weights.mean()
+    return pack(weights.expand(-1, 3, -1, -1))[0]
+
+
+def shifted(sigma: torch.Tensor, shift: float) -> torch.Tensor:
+    """σ moved toward 1 by `shift` as FLUX and SD3 shift their schedules (shift 1: unchanged)."""
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
 def training_batch(step: int, batch_size: int, encoder: ShapesTextEncoder, seed: int,
                    sides: list[int] = (32,), side_weights: list[float] | None = None, crop_fraction: float = 0.0,
-                   object_weights: list[float] | None = None):
+                   object_weights: list[float] | None = None, silhouette_weight: float = 0.0, sigma_shift: float = 1.0):
+    """One step's batch: tokens, ids, text, pooled, σ, noise and per-token loss weights (a scalar
+    one when `silhouette_weight` is 0). The random draws do not depend on the weighting options,
+    so a run with them sees the same images as one without."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
     side, rendered = step_view(generator, list(sides), side_weights, crop_fraction)
     scenes = [sample_scene(generator, objects=scene_objects(generator, object_weights)) for _ in range(batch_size)]
@@ -107,30 +133,33 @@ def training_batch(step: int, batch_size: int, encoder: ShapesTextEncoder, seed:
         dropped = frozenset(role for role in ROLES if torch.rand((), generator=generator) < 0.15)
         prompts.append(caption(scene, drop=dropped))
     images = torch.stack([render(scene, rendered) for scene in scenes])
+    if silhouette_weight:
+        images = torch.cat([images, torch.stack([coverage(scene, rendered) for scene in scenes])], dim=1)
     if rendered != side:
         images = torch.stack([_window(image, side, generator) for image in images])
-    tokens, ids = pack(images)
+    weights = silhouette_weights(images[:, 3:], silhouette_weight) if silhouette_weight else torch.ones(())
+    tokens, ids = pack(images[:, :3])
     text, pooled = encoder(prompts)
-    sigma = torch.sigmoid(torch.randn(batch_size, generator=generator))
+    sigma = shifted(torch.sigmoid(torch.randn(batch_size, generator=generator)), sigma_shift)
     noise = torch.randn(tokens.shape, generator=generator)
-    return tokens, ids, text, pooled, sigma, noise
+    return tokens, ids, text, pooled, sigma, noise, weights
 
 
 class StepBatches(torch.utils.data.Dataset):
     """Batch number `step` of the run; a DataLoader worker renders the next batches while the model trains."""
 
     def __init__(self, batch_size: int, seed: int, sides: list[int], side_weights: list[float] | None, crop_fraction: float,
-                 object_weights: list[float] | None = None):
+                 object_weights: list[float] | None = None, silhouette_weight: float = 0.0, sigma_shift: float = 1.0):
         self.batch_size, self.seed, self.encoder = batch_size, seed, ShapesTextEncoder()
         self.sides, self.side_weights, self.crop_fraction = sides, side_weights, crop_fraction
-        self.object_weights = object_weights
+        self.object_weights, self.silhouette_weight, self.sigma_shift = object_weights, silhouette_weight, sigma_shift
 
     def __len__(self) -> int:
         return 10**9
 
     def __getitem__(self, step: int):
         return training_batch(step, self.batch_size, self.encoder, self.seed, self.sides, self.side_weights, self.crop_fraction,
-                              self.object_weights)
+                              self.object_weights, self.silhouette_weight, self.sigma_shift)
 
 
 def _one_thread(worker_id: int) -> None:
@@ -222,6 +251,9 @@ def main(argv=None) -> int:
     parser.add_argument("--crop-fraction", type=float, default=0.0, help="share of batches that are zoomed-in crops")
     parser.add_argument("--object-weights", type=_weights, default=None,
                         help="relative chance of 1, 2 and 3 objects per scene (default: sample_scene's 30/40/30%%)")
+    parser.add_argument("--silhouette-weight", type=float, default=0.0,
+                        help="count pixels near object outlines 1 + this many times in the loss (default 0: plain MSE)")
+    parser.add_argument("--sigma-shift", type=float, default=1.0, help="shift the logit-normal σ toward 1, as FLUX does (default 1: none)")
     parser.add_argument("--config", type=json.loads, default=None, help="JSON overrides of the architecture")
     parser.add_argument("--init-from", default=None, help="start from these exported weights (.safetensors with its card)")
     parser.add_argument("--device", default="cpu")
@@ -283,7 +315,8 @@ def main(argv=None) -> int:
 
     encoder = ShapesTextEncoder()
     batches = torch.utils.data.DataLoader(
-        StepBatches(args.batch_size, args.seed, args.sides, args.side_weights, args.crop_fraction, args.object_weights),
+        StepBatches(args.batch_size, args.seed, args.sides, args.side_weights, args.crop_fraction, args.object_weights,
+                    args.silhouette_weight, args.sigma_shift),
         batch_size=None,
         sampler=range(state["step"], 10**9),
         num_workers=1,
@@ -292,14 +325,15 @@ def main(argv=None) -> int:
     )
     model.train()
     start = time.perf_counter()
-    for step, (tokens, ids, text, pooled, sigma, noise) in zip(range(state["step"], 10**9), batches):
+    for step, (tokens, ids, text, pooled, sigma, noise, weights) in zip(range(state["step"], 10**9), batches):
         if state["images_seen"] >= args.images or (args.minutes is not None and state["elapsed"] >= args.minutes * 60):
             break
-        tokens, ids, text, pooled, sigma, noise = (t.to(device, non_blocking=True) for t in (tokens, ids, text, pooled, sigma, noise))
+        tokens, ids, text, pooled, sigma, noise, weights = (
+            t.to(device, non_blocking=True) for t in (tokens, ids, text, pooled, sigma, noise, weights))
         noisy = (1 - sigma[:, None, None]) * tokens + sigma[:, None, None] * noise
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
             predicted = velocity(model, noisy, ids, text, pooled, sigma)
-        loss = torch.nn.functional.mse_loss(predicted.float(), noise - tokens)
+        loss = (weights * (predicted.float() - (noise - tokens)) ** 2).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         for group in optimizer.param_groups:

@@ -222,11 +222,32 @@ def _rgb(name: str) -> torch.Tensor:
     return torch.tensor(COLOURS.get(name) or BACKGROUNDS[name])[:, None, None]
 
 
+def _supersampled_grid(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, x) pixel coordinates at IMAGE_SIZE scale of a 2x-supersampled `size` raster."""
+    grid = (torch.arange(2 * size, dtype=torch.float32) + 0.5) / (2 * size / IMAGE_SIZE)
+    return torch.meshgrid(grid, grid, indexing="ij")
+
+
+def coverage(scene: Scene, size: int = IMAGE_SIZE) -> torch.Tensor:
+    """Fraction of each pixel that some object covers, (1, size, size) in [0, 1]: the scene's
+    silhouettes, anti-aliased like `render`'s edges.
+
+        >>> import torch
+        >>> scene = sample_scene(torch.Generator().manual_seed(0))
+        >>> mask = coverage(scene)
+        >>> mask.shape, bool(mask.min() >= 0), bool(mask.max() == 1)
+        (torch.Size([1, 32, 32]), True, True)
+    """
+    y, x = _supersampled_grid(size)
+    covered = torch.zeros(2 * size, 2 * size, dtype=torch.bool)
+    for thing in scene.things:
+        covered |= _shape_mask(thing.shape, x - thing.x, y - thing.y, thing.radius)
+    return F.avg_pool2d(covered[None, None].float(), 2)[0]
+
+
 def render(scene: Scene, size: int = IMAGE_SIZE) -> torch.Tensor:
     """Pixels of `scene`, (3, size, size) in [-1, 1]."""
-    scale = 2 * size / IMAGE_SIZE  # supersample 2x, then average down
-    grid = (torch.arange(2 * size, dtype=torch.float32) + 0.5) / scale
-    y, x = torch.meshgrid(grid, grid, indexing="ij")
+    y, x = _supersampled_grid(size)  # supersample 2x, then average down
     image = _rgb(scene.background).expand(3, 2 * size, 2 * size).clone()
     if scene.texture == "speckled":
         noise = torch.rand(1, 2 * size, 2 * size, generator=torch.Generator().manual_seed(scene.seed))
@@ -249,6 +270,6 @@ def stable_hash(text: str) -> int:
 
 __all__ = [
     "BACKGROUNDS", "COLOURS", "HELD_OUT_SUBJECTS", "IMAGE_SIZE", "PATTERNS", "SHAPES", "SIZES", "TEXTURES",
-    "VOCABULARY", "Scene", "Subject", "Thing", "caption", "render", "replace", "sample_identity", "sample_scene",
+    "VOCABULARY", "Scene", "Subject", "Thing", "caption", "coverage", "render", "replace", "sample_identity", "sample_scene",
     "stable_hash", "subject_scene",
 ]
