@@ -149,6 +149,62 @@ def test_hard_mode_honours_a_trained_lora():
     handle.remove()
 
 
+def test_hard_mode_honours_timestep_lora_gates_per_sample():
+    from blockskip.dynamic import apply_timestep_lora
+
+    case = lora_case()
+    gates = apply_timestep_lora(case.model)
+    with torch.no_grad():
+        for router in gates.routers.values():
+            router.weight.normal_(generator=torch.Generator().manual_seed(1))
+    handle = apply_dynamic_computation(case.model)
+    close_some_gates(handle)
+    inputs = case.inputs(batch=2)  # two timesteps: the gates differ per sample
+    gated = run_with(case, inputs)
+    handle.hard = True
+    hard = run_with(case, inputs)
+    assert torch.allclose(hard, gated, atol=1e-5)
+    handle.remove()
+    gates.remove()
+
+
+def test_hard_mode_reuses_slices_until_the_weights_change():
+    case = lora_case()
+    handle = apply_dynamic_computation(case.model)
+    close_some_gates(handle)
+    inputs = case.inputs(batch=1)
+    handle.hard = True
+    first = run_with(case, inputs)
+    cached = len(handle.slices.slices)
+    assert cached and torch.equal(run_with(case, inputs), first) and len(handle.slices.slices) == cached
+    with torch.no_grad():  # an in-place update, as an optimizer step or load_state_dict makes
+        for name, parameter in case.model.named_parameters():
+            if "lora_B" in name:
+                parameter.mul_(2.0)
+    moved = run_with(case, inputs)
+    handle.hard = False
+    assert not torch.allclose(moved, first, atol=1e-4) and torch.allclose(moved, run_with(case, inputs), atol=1e-5)
+    handle.remove()
+    assert not handle.slices.slices
+
+
+def test_hard_mode_refuses_timestep_lora_on_gathered_mlp_layers():
+    from peft import LoraConfig
+
+    from blockskip.dynamic import apply_timestep_lora
+
+    case = build_tiny("FluxTransformer2DModel")
+    case.model.add_adapter(LoraConfig(r=2, target_modules=["proj_mlp", "ff.net.2"]))
+    gates = apply_timestep_lora(case.model)
+    handle = apply_dynamic_computation(case.model)
+    handle.hard = True
+    with pytest.raises(RuntimeError, match="timestep-LoRA gates on MLP layers"):
+        run_with(case, case.inputs(batch=1))
+    assert not handle.swapped  # the refusal left every layer in place
+    handle.remove()
+    gates.remove()
+
+
 def lora_case(skip=None):
     from peft import LoraConfig
 

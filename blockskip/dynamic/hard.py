@@ -9,9 +9,11 @@ serves the whole batch) become sliced copies of the layers that produce or consu
 
 These slices are swapped into the block for the call and the originals put back after it. Open
 tokens are gathered (per sample: B·N rows flattened), sent through the MLP and scattered back. A
-LoRA layer is sliced from its effective weight W + scale·B·A, so a trained LoRA is honoured.
-Slices are cached per pattern of open heads or groups and dropped when the weights may have
-changed (`DynamicHandle.hard = False`, `remove()`).
+LoRA layer is sliced from its effective weight W + scale·B·A, so a trained LoRA is honoured; one
+whose `lora_A` carries forward hooks (timestep-LoRA gates, which differ per sample) keeps its
+LoRA branch instead, with B sliced and A run through the layer's own hooked module.
+`SliceCache` keeps the slices per layer and pattern of open channels, keyed by the source
+weights' versions, so an in-place update (an optimizer step, `load_state_dict`) makes new ones.
 """
 
 from __future__ import annotations
@@ -34,9 +36,38 @@ def effective_weight(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | Non
     return weight, base.bias
 
 
-def sliced_linear(layer: nn.Module, rows: torch.Tensor | None = None, columns: torch.Tensor | None = None) -> nn.Linear:
-    """A plain Linear computing `layer` for output `rows` and/or from input `columns` only."""
-    weight, bias = effective_weight(layer)
+def has_hooked_lora(layer: nn.Module) -> bool:
+    """Whether a PEFT LoRA layer's active `lora_A` carries forward hooks (timestep-LoRA gates)."""
+    lora_a = getattr(layer, "lora_A", None)
+    return lora_a is not None and any(lora_a[name]._forward_hooks for name in getattr(layer, "active_adapters", []) if name in lora_a)
+
+
+class SlicedLoRA(nn.Module):
+    """`layer` (a PEFT LoRA Linear) for output `rows` and/or from input `columns` only, its LoRA
+    branch kept: A runs through the layer's own (hooked) `lora_A` on the input scattered back to
+    full width, the closed columns zero, and B is sliced to `rows`."""
+
+    def __init__(self, layer: nn.Module, rows: torch.Tensor | None, columns: torch.Tensor | None, bias: bool = True):
+        super().__init__()
+        self.base = _plain_slice(layer.base_layer.weight, layer.base_layer.bias if bias else None, rows, columns)
+        self.layer, self.columns = layer, columns
+        self.adapters = [name for name in layer.active_adapters if name in layer.lora_A]
+        self.up = {name: layer.lora_B[name].weight.detach()[rows] if rows is not None else layer.lora_B[name].weight.detach()
+                   for name in self.adapters}
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        out = self.base(hidden)
+        if self.columns is not None:
+            full = hidden.new_zeros(*hidden.shape[:-1], self.layer.in_features)
+            full[..., self.columns] = hidden
+            hidden = full
+        for name in self.adapters:
+            down = self.layer.lora_A[name](self.layer.lora_dropout[name](hidden))
+            out = out + self.layer.scaling[name] * F.linear(down, self.up[name].to(down.dtype))
+        return out
+
+
+def _plain_slice(weight: torch.Tensor, bias: torch.Tensor | None, rows, columns) -> nn.Linear:
     if rows is not None:
         weight = weight[rows]
         bias = bias[rows] if bias is not None else None
@@ -48,6 +79,41 @@ def sliced_linear(layer: nn.Module, rows: torch.Tensor | None = None, columns: t
         if bias is not None:
             out.bias.copy_(bias)
     return out.requires_grad_(False)
+
+
+class SliceCache:
+    """Slices made by `sliced_linear`, reused while the layer's weights are unchanged: the key holds
+    the layer, the open rows and columns and every source tensor's in-place version counter."""
+
+    def __init__(self, capacity: int = 4096):
+        self.capacity, self.slices = capacity, {}
+
+    def clear(self) -> None:
+        self.slices.clear()
+
+    def __call__(self, layer: nn.Module, rows: torch.Tensor | None = None, columns: torch.Tensor | None = None,
+                 bias: bool = True) -> nn.Module:
+        versions = tuple(tensor._version for tensor in layer.parameters())
+        key = (id(layer), _index_key(rows), _index_key(columns), bias, versions)
+        if key not in self.slices:
+            if len(self.slices) >= self.capacity:
+                self.slices.clear()
+            self.slices[key] = sliced_linear(layer, rows, columns, bias)
+        return self.slices[key]
+
+
+def _index_key(index: torch.Tensor | None):
+    return None if index is None else tuple(index.tolist())
+
+
+def sliced_linear(layer: nn.Module, rows: torch.Tensor | None = None, columns: torch.Tensor | None = None,
+                  bias: bool = True) -> nn.Module:
+    """A module computing `layer` for output `rows` and/or from input `columns` only (without its
+    bias when `bias` is False): a plain Linear, or a `SlicedLoRA` when the LoRA branch carries hooks."""
+    if has_hooked_lora(layer):
+        return SlicedLoRA(layer, rows, columns, bias)
+    weight, layer_bias = effective_weight(layer)
+    return _plain_slice(weight, layer_bias if bias else None, rows, columns)
 
 
 def channel_index(open_parts: torch.Tensor, width: int) -> torch.Tensor:
@@ -82,8 +148,8 @@ class GatheredMLP(nn.Module):
 class FusedOutput(nn.Module):
     """FLUX single blocks' `proj_out` over [attention ‖ MLP] with the MLP part only for open tokens."""
 
-    def __init__(self, attention_part: nn.Linear, mlp_part: nn.Linear, inner: int, open_rows):
-        super().__init__()
+    def __init__(self, attention_part: nn.Module, mlp_part: nn.Module, inner: int, open_rows):
+        super().__init__()  # mlp_part has no bias: attention_part adds proj_out's once
         self.attention_part, self.mlp_part, self.inner, self.open_rows = attention_part, mlp_part, inner, open_rows
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -91,10 +157,10 @@ class FusedOutput(nn.Module):
         rows = self.open_rows()  # (B, N) bool or None: every token
         mlp = hidden[..., self.inner :]
         if rows is None:
-            return out + F.linear(mlp, self.mlp_part.weight)
+            return out + self.mlp_part(mlp)
         flat_out, flat_mlp = out.reshape(-1, out.shape[-1]), mlp.reshape(-1, mlp.shape[-1])
         index = rows.reshape(-1).nonzero()[:, 0]
-        flat_out = flat_out.index_add(0, index, F.linear(flat_mlp[index], self.mlp_part.weight))
+        flat_out = flat_out.index_add(0, index, self.mlp_part(flat_mlp[index]))
         return flat_out.reshape(out.shape)
 
 

@@ -36,7 +36,7 @@ from ..families.layouts import get_layout
 from ..skipping.skip import get_block_skip
 from .blocks import BlockSite, block_costs, block_site
 from .gates import gate
-from .hard import FusedOutput, GatheredMLP, OpenRowsMLP, channel_index, sliced_linear
+from .hard import FusedOutput, GatheredMLP, OpenRowsMLP, SliceCache, channel_index, has_hooked_lora
 from .settings import DynamicSettings
 
 _ATTRIBUTE = "_blockskip_dynamic"
@@ -82,6 +82,7 @@ class DynamicHandle:
     hard: bool = False  # closed heads, groups and tokens are not computed (eval only; see .hard)
     hooks: list = field(default_factory=list)
     swapped: list = field(default_factory=list)  # (module, attribute, original) while a block runs hard
+    slices: SliceCache = field(default_factory=SliceCache)
 
     def parameters(self):
         return self.routers.parameters()
@@ -114,6 +115,7 @@ class DynamicHandle:
     def remove(self) -> None:
         """Take every hook off; the model is the original again."""
         self.restore()
+        self.slices.clear()
         for hook in self.hooks:
             hook.remove()
         self.hooks.clear()
@@ -152,8 +154,6 @@ def _install_block(handle: DynamicHandle, name: str, site: BlockSite) -> None:
         if handle.hard:
             if module.training or torch.is_grad_enabled():
                 raise RuntimeError("hard mode is for inference: call model.eval() and run under torch.no_grad()")
-            if getattr(handle.model, "_blockskip_td_lora", None) is not None:
-                raise RuntimeError("hard mode slices the static LoRA; remove the timestep LoRA gates first")
             _swap_in_slices(handle, site, call, routers)
 
     def end(module, args, output):
@@ -219,6 +219,11 @@ def _swap_in_slices(handle: DynamicHandle, site: BlockSite, call: _Call, routers
     """Replace the block's layers by slices computing only what is open (batch union for heads/groups)."""
     attn, block = site.block.attn, site.block
     inner = site.heads * site.head_dim
+    if handle.tokens:
+        mlp_layers = (block.ff.net[0].proj, block.ff.net[2]) if site.kind == "double" else (block.proj_mlp, block.proj_out)
+        if any(has_hooked_lora(layer) for layer in mlp_layers):
+            raise RuntimeError("hard mode sends only the open tokens of a batch through the MLP, but timestep-LoRA gates on "
+                               "MLP layers need each token's sample: gate width only (apply_dynamic_width) or put the LoRA on attention")
     heads = call.heads.amax(dim=0) > 0 if call.heads is not None else torch.ones(site.heads, dtype=torch.bool)
     groups = call.groups.amax(dim=0) > 0 if call.groups is not None else torch.ones(site.groups, dtype=torch.bool)
     head_channels = channel_index(heads, inner)
@@ -226,18 +231,18 @@ def _swap_in_slices(handle: DynamicHandle, site: BlockSite, call: _Call, routers
     if call.heads is not None:
         for attribute in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"):
             if getattr(attn, attribute, None) is not None:
-                _swap(handle, attn, attribute, sliced_linear(getattr(attn, attribute), rows=head_channels))
+                _swap(handle, attn, attribute, handle.slices(getattr(attn, attribute), rows=head_channels))
         handle.swapped.append((attn, "heads", attn.heads))
         attn.heads = int(heads.sum())
     if site.kind == "double":
         if call.heads is not None:
-            _swap(handle, attn.to_out, "0", sliced_linear(attn.to_out[0], columns=head_channels))
+            _swap(handle, attn.to_out, "0", handle.slices(attn.to_out[0], columns=head_channels))
             if getattr(attn, "to_add_out", None) is not None:
-                _swap(handle, attn, "to_add_out", sliced_linear(attn.to_add_out, columns=head_channels))
+                _swap(handle, attn, "to_add_out", handle.slices(attn.to_add_out, columns=head_channels))
         ff = block.ff
         if call.groups is not None:
-            _swap(handle, ff.net[0], "proj", sliced_linear(ff.net[0].proj, rows=group_channels))
-            _swap(handle, ff.net, "2", sliced_linear(ff.net[2], columns=group_channels))
+            _swap(handle, ff.net[0], "proj", handle.slices(ff.net[0].proj, rows=group_channels))
+            _swap(handle, ff.net, "2", handle.slices(ff.net[2], columns=group_channels))
         if handle.tokens:
             def keep(hidden):
                 call.tokens = _gates(routers.tokens(hidden.float()), handle, always_open=False)
@@ -256,9 +261,10 @@ def _swap_in_slices(handle: DynamicHandle, site: BlockSite, call: _Call, routers
 
     call.rows = None
     attention_columns = head_channels if call.heads is not None else torch.arange(inner)
-    _swap(handle, block, "proj_mlp", OpenRowsMLP(sliced_linear(block.proj_mlp, rows=group_channels), rows_for))
-    fused = FusedOutput(sliced_linear(block.proj_out, columns=attention_columns.to(block.proj_out.weight.device)),
-                        sliced_linear(block.proj_out, columns=(inner + group_channels).to(block.proj_out.weight.device)),
+    _swap(handle, block, "proj_mlp", OpenRowsMLP(handle.slices(block.proj_mlp, rows=group_channels), rows_for))
+    device = next(block.proj_out.parameters()).device  # a PEFT layer has no .weight of its own
+    fused = FusedOutput(handle.slices(block.proj_out, columns=attention_columns.to(device)),
+                        handle.slices(block.proj_out, columns=(inner + group_channels).to(device), bias=False),
                         len(attention_columns), lambda: call.rows)
     _swap(handle, block, "proj_out", fused)
 
