@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ SCRIPTS = Path(__file__).parent.parent / "benchmarks" / "quality"
 def _load(name):
     spec = importlib.util.spec_from_file_location(f"quality_{name}", SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -147,3 +149,18 @@ def test_benchmark_runs_resumes_and_reports(tmp_path, capsys):
     assert (tmp_path / "docs" / "images" / "quality_skip_40__online.png").exists()
     for chart in ("quality_scores.png", "quality_memory_vs_similarity.png"):
         assert (tmp_path / "docs" / "images" / chart).stat().st_size > 1000
+
+
+def test_dynamic_benchmark_trains_a_row_resumes_and_reports(tmp_path):
+    dynamic = _load("dynamic")
+    common = ["--out", str(tmp_path / "run"), "--steps", "3", "--batch-size", "2", "--prompts", "2", "--cost-prompts", "1",
+              "--rows", "2", "--threads", "1"]
+    assert dynamic.main(common) == 0
+    lines = (tmp_path / "run" / "results.jsonl").read_text().splitlines()
+    result = json.loads(lines[0])
+    assert len(lines) == 1 and result["row"] == "DyDiT λ=0.7 + LoRA" and result["steps"] == 3
+    assert 0 < result["flops_ratio"] < 2 and len(result["spent_by_step"]) == 20 and 0 <= result["shape"] <= 1
+    assert dynamic.main([*common, "--report", str(tmp_path / "docs" / "dynamic.md")]) == 0  # resumes: nothing retrained
+    assert len((tmp_path / "run" / "results.jsonl").read_text().splitlines()) == 1
+    table = (tmp_path / "docs" / "dynamic.md").read_text()
+    assert "| DyDiT λ=0.7 + LoRA |" in table and (tmp_path / "docs" / "images" / "dynamic_samples.png").exists()
