@@ -174,7 +174,7 @@ def report(results: list[dict], out: Path, path: Path, args) -> None:
             lines.append(f"| {result['row']} | " + " | ".join(f"{result['spent_by_step'][i]:.2f}" for i in range(0, 20, 4)) + " |")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
-    grid = [torch.load(out / f"samples_{index}.pt") for index, _ in enumerate(ROWS) if (out / f"samples_{index}.pt").exists()]
+    grid = [torch.load(out / f"samples_{index}.pt", weights_only=True) for index, _ in enumerate(ROWS) if (out / f"samples_{index}.pt").exists()]
     image = path.parent / "images" / "dynamic_samples.png"
     image.parent.mkdir(parents=True, exist_ok=True)
     save_grid(grid, image)
