@@ -184,6 +184,11 @@ def test_hard_mode_reuses_slices_until_the_weights_change():
     moved = run_with(case, inputs)
     handle.hard = False
     assert not torch.allclose(moved, first, atol=1e-4) and torch.allclose(moved, run_with(case, inputs), atol=1e-5)
+    case.model.double()  # .to() moves the weights without bumping their versions
+    doubled = {key: value.double() if torch.is_tensor(value) and value.is_floating_point() else value for key, value in inputs.items()}
+    gated = run_with(case, doubled)
+    handle.hard = True
+    assert torch.allclose(run_with(case, doubled), gated, atol=1e-9)
     handle.remove()
     assert not handle.slices.slices
 

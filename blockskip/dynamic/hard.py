@@ -13,7 +13,8 @@ LoRA layer is sliced from its effective weight W + scale·B·A, so a trained LoR
 whose `lora_A` carries forward hooks (timestep-LoRA gates, which differ per sample) keeps its
 LoRA branch instead, with B sliced and A run through the layer's own hooked module.
 `SliceCache` keeps the slices per layer and pattern of open channels, keyed by the source
-weights' versions, so an in-place update (an optimizer step, `load_state_dict`) makes new ones.
+weights' storage and versions, so an in-place update (an optimizer step, `load_state_dict`) or a
+`.to()` makes new ones.
 """
 
 from __future__ import annotations
@@ -83,7 +84,9 @@ def _plain_slice(weight: torch.Tensor, bias: torch.Tensor | None, rows, columns)
 
 class SliceCache:
     """Slices made by `sliced_linear`, reused while the layer's weights are unchanged: the key holds
-    the layer, the open rows and columns and every source tensor's in-place version counter."""
+    the layer, the open rows and columns, and every source tensor's storage and in-place version
+    counter (an optimizer step or `load_state_dict` bumps the version; `.to()` moves the storage
+    without bumping it)."""
 
     def __init__(self, capacity: int = 4096):
         self.capacity, self.slices = capacity, {}
@@ -93,7 +96,7 @@ class SliceCache:
 
     def __call__(self, layer: nn.Module, rows: torch.Tensor | None = None, columns: torch.Tensor | None = None,
                  bias: bool = True) -> nn.Module:
-        versions = tuple(tensor._version for tensor in layer.parameters())
+        versions = tuple((tensor.data_ptr(), tensor._version) for tensor in layer.parameters())
         key = (id(layer), _index_key(rows), _index_key(columns), bias, versions)
         if key not in self.slices:
             if len(self.slices) >= self.capacity:
