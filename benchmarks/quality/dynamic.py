@@ -32,13 +32,11 @@ import torch
 
 from blockskip.dynamic import DynamicSettings, apply_dynamic_computation, apply_timestep_lora
 from blockskip.estimate.accounting import FlopCounter
-from blockskip.families.layouts import get_layout
 from blockskip.shapes import ShapesTextEncoder, generate, load_shapes_dit
 from blockskip.shapes.critic import load_critic
 from blockskip.shapes.generate import velocity
 from blockskip.shapes.grid import save_grid
-from blockskip.shapes.personalize import ATTENTION_TARGETS
-from blockskip.skipping.lora import block_linear_names
+from blockskip.shapes.personalize import ATTENTION_TARGETS, block_linears
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pretrain import PREVIEW_PROMPTS, training_batch  # noqa: E402
@@ -65,11 +63,6 @@ ROWS = (
 )
 
 
-def attention_targets(model) -> list[str]:
-    blocks = [f"{blocks.name}.{index}" for blocks in get_layout(model) for index in range(len(blocks.blocks))]
-    return block_linear_names(model, blocks, ATTENTION_TARGETS)
-
-
 def prepare(base, row: Row, args):
     """A copy of `base` with the row's LoRA, timestep gates and routers; (model, routers handle, trainable)."""
     from peft import LoraConfig
@@ -77,7 +70,7 @@ def prepare(base, row: Row, args):
     model = copy.deepcopy(base).requires_grad_(False)
     if row.adapter is None:
         return model, None, []
-    model.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank, target_modules=attention_targets(model)))
+    model.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank, target_modules=block_linears(model, ATTENTION_TARGETS)))
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     if row.adapter == "td-lora":
         trainable += list(apply_timestep_lora(model).parameters())
