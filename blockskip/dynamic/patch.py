@@ -220,8 +220,7 @@ def _swap_in_slices(handle: DynamicHandle, site: BlockSite, call: _Call, routers
     attn, block = site.block.attn, site.block
     inner = site.heads * site.head_dim
     if handle.tokens:
-        mlp_layers = (block.ff.net[0].proj, block.ff.net[2]) if site.kind == "double" else (block.proj_mlp, block.proj_out)
-        if any(has_hooked_lora(layer) for layer in mlp_layers):
+        if any(has_hooked_lora(layer) for layer in (*site.mlp_module.modules(), site.mlp_output)):
             raise RuntimeError("hard mode sends only the open tokens of a batch through the MLP, but timestep-LoRA gates on "
                                "MLP layers need each token's sample: gate width only (apply_dynamic_width) or put the LoRA on attention")
     heads = call.heads.amax(dim=0) > 0 if call.heads is not None else torch.ones(site.heads, dtype=torch.bool)
