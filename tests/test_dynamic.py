@@ -154,9 +154,7 @@ def test_hard_mode_honours_timestep_lora_gates_per_sample():
 
     case = lora_case()
     gates = apply_timestep_lora(case.model)
-    with torch.no_grad():
-        for router in gates.routers.values():
-            router.weight.normal_(generator=torch.Generator().manual_seed(1))
+    randomize_timestep_gates(gates)
     handle = apply_dynamic_computation(case.model)
     close_some_gates(handle)
     inputs = case.inputs(batch=2)  # two timesteps: the gates differ per sample
@@ -233,9 +231,7 @@ def test_timestep_lora_starts_as_the_static_lora_and_then_depends_on_t(tmp_path)
     static = run_with(case, inputs)
     handle = apply_timestep_lora(case.model)
     assert torch.equal(run_with(case, inputs), static)  # zero-started gates: exactly the ordinary LoRA
-    with torch.no_grad():
-        for router in handle.routers.values():
-            router.weight.normal_(generator=torch.Generator().manual_seed(1))
+    randomize_timestep_gates(handle)
     gated = run_with(case, inputs)
     assert not torch.allclose(gated, static, atol=1e-4)
     late = dict(inputs, timestep=inputs["timestep"] * 0 + 0.9)
@@ -262,6 +258,12 @@ def test_timestep_lora_only_in_kept_blocks_and_refusals(tmp_path):
         load_timestep_lora(other.model, path)
     with pytest.raises(ValueError, match="no LoRA layers"):
         apply_timestep_lora(build_tiny("FluxTransformer2DModel").model)
+
+
+def randomize_timestep_gates(handle):
+    with torch.no_grad():
+        for router in handle.routers.values():
+            router.weight.normal_(generator=torch.Generator().manual_seed(1))
 
 
 def run_with(case, inputs):
