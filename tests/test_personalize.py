@@ -8,7 +8,7 @@ import torch
 from blockskip.shapes import HELD_OUT_SUBJECTS, build_shapes_dit
 from blockskip.shapes.critic import AttributeCritic
 from blockskip.shapes.evaluation import score_samples, subject_prompts
-from blockskip.shapes.personalize import Recipe, reference_set, train_subject_lora
+from blockskip.shapes.personalize import Recipe, reference_set, resolutions, train_subject_lora
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +74,27 @@ def test_scores_are_bounded_and_match_the_prompt_count(references):
     assert set(scores) == {"subject_similarity", "image_similarity", "prompt_adherence", "subject_accuracy"}
     assert all(-1 <= value <= 1 for value in scores.values())
     assert 0 <= scores["prompt_adherence"] <= 1
+
+
+def test_references_at_64_px_train_at_64_and_at_half_side(tmp_path):
+    images, captions = reference_set(HELD_OUT_SUBJECTS[1], count=2, size=64)
+    assert images.shape == (2, 3, 64, 64)
+    schedules = resolutions(64)
+    assert (schedules["full"].min_size, schedules["full"].max_size) == (64, 64)
+    assert all((schedules[name].min_size, schedules[name].max_size) == (32, 64) for name in ("resize", "patches"))
+    model = build_shapes_dit()
+    recipe = Recipe("online", skip={"leading": 2, "trailing": 1})
+    assert recipe.plan(side=64).patches.min_size == 32
+    _, stats = train_subject_lora(model, recipe, images, captions, steps=2, batch_size=2, work_dir=tmp_path)
+    assert stats["reload_error"] < 1e-5
+    _, full = train_subject_lora(model, Recipe("full", resolution="full"), images, captions, steps=2, batch_size=2, work_dir=tmp_path / "full")
+    assert stats["memory_bytes"] < full["memory_bytes"]
+
+
+def test_samples_drawn_at_64_px_are_scored_as_the_critic_sees_them_at_32():
+    subject = HELD_OUT_SUBJECTS[2]
+    prompts = subject_prompts(subject)
+    critic = AttributeCritic().eval()
+    samples, references = torch.rand(len(prompts), 3, 64, 64) * 2 - 1, reference_set(subject, count=2, size=64)[0]
+    pooled = [torch.nn.functional.avg_pool2d(images, 2) for images in (samples, references)]
+    assert score_samples(critic, samples, prompts, references, subject) == score_samples(critic, pooled[0], prompts, pooled[1], subject)

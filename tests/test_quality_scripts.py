@@ -151,6 +151,23 @@ def test_benchmark_runs_resumes_and_reports(tmp_path, capsys):
         assert (tmp_path / "docs" / "images" / chart).stat().st_size > 1000
 
 
+def test_benchmark_at_64_px_names_rows_by_training_side_and_will_not_mix_sides(tmp_path):
+    personalize = _load("personalize")
+    names = [personalize.row_name(recipe) for recipe in personalize.rows(None, side=64)]
+    assert names[:4] == ["pretrained, no LoRA", "full LoRA @64", "plain resize @32", "dynamic patches @32"]
+    assert "skip 50% online @64" in names and not any("@16" in name for name in names)
+    run = ["--out", str(tmp_path / "run"), "--subjects", "1", "--steps", "1", "--rows", "dynamic patches", "--no-selection",
+           "--samples-per-prompt", "1", "--sample-steps", "1", "--side", "64"]
+    assert personalize.main(run) == 0
+    record = json.loads((tmp_path / "run" / "results_0_1.jsonl").read_text())
+    assert (record["row"], record["side"]) == ("dynamic patches @32", 64)
+    samples = torch.load(next((tmp_path / "run" / "samples").iterdir()), weights_only=True)
+    assert samples.shape[-2:] == (64, 64)
+    with pytest.raises(SystemExit, match="holds results at \\[64\\] px; this run is at 32 px"):
+        personalize.main(run[:-2])
+    assert len((tmp_path / "run" / "results_0_1.jsonl").read_text().splitlines()) == 1
+
+
 def test_dynamic_benchmark_trains_a_row_resumes_and_reports(tmp_path):
     dynamic = _load("dynamic")
     common = ["--out", str(tmp_path / "run"), "--steps", "3", "--batch-size", "2", "--prompts", "2", "--cost-prompts", "1",

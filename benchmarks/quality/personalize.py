@@ -36,7 +36,7 @@ from blockskip.shapes import (
     generate,
     load_shapes_dit,
 )
-from blockskip.shapes.critic import load_critic
+from blockskip.shapes.critic import critic_view, load_critic
 from blockskip.shapes.evaluation import score_samples, subject_prompts
 from blockskip.shapes.grid import save_grid
 from blockskip.shapes.personalize import Recipe, reference_set, train_subject_lora
@@ -47,21 +47,23 @@ from plots import memory_quality_scatter, score_bars  # noqa: E402
 METRICS = ("subject_similarity", "image_similarity", "prompt_adherence", "subject_accuracy")
 
 
-def rows(selected_split: tuple[int, int] | None) -> list[Recipe | None]:
+def rows(selected_split: tuple[int, int] | None, side: int = 32) -> list[Recipe | None]:
+    """The table's rows for references of `side` px; "@" names the training side (half: `side // 2`)."""
+    half = side // 2
     recipes: list[Recipe | None] = [
         None,  # the pretrained model with no LoRA: how much of the subject the prompt alone gives
-        Recipe("full LoRA @32", resolution="full"),
-        Recipe("plain resize @16", resolution="resize"),
-        Recipe("dynamic patches @16", resolution="patches"),
+        Recipe(f"full LoRA @{side}", resolution="full"),
+        Recipe(f"plain resize @{half}", resolution="resize"),
+        Recipe(f"dynamic patches @{half}", resolution="patches"),
     ]
     for mode in ("cached", "online", "none"):
         for ratio in (0.3, 0.4, 0.5):
             recipes.append(Recipe(f"skip {ratio:.0%} {mode}", skip={"ratio": ratio}, residuals=mode))
-    # Skipping alone, at full resolution: separates what the skip costs from what 16 px training costs.
+    # Skipping alone, at full resolution: separates what the skip costs from what half-side training costs.
     recipes += [
-        Recipe("skip 30% online @32", resolution="full", skip={"ratio": 0.3}),
-        Recipe("skip 50% online @32", resolution="full", skip={"ratio": 0.5}),
-        Recipe("skip 50% none @32", resolution="full", skip={"ratio": 0.5}, residuals="none"),
+        Recipe(f"skip 30% online @{side}", resolution="full", skip={"ratio": 0.3}),
+        Recipe(f"skip 50% online @{side}", resolution="full", skip={"ratio": 0.5}),
+        Recipe(f"skip 50% none @{side}", resolution="full", skip={"ratio": 0.5}, residuals="none"),
     ]
     recipes += [
         Recipe("skip first 6 only (50%)", skip={"leading": 6, "trailing": 0}),
@@ -89,11 +91,11 @@ class CriticEmbedder:
         return self.critic(images * 2 - 1)["image"]
 
 
-def selection_split(model, critic, out: Path) -> tuple[int, int]:
+def selection_split(model, critic, out: Path, side: int = 32) -> tuple[int, int]:
     """Run `select_blocks` on the pretrained model (critic features as the metric); cache the profile."""
     from blockskip.selection.profile import SelectionProfile
     from blockskip.selection.select import best_skip, select_blocks
-    from blockskip.shapes.model import image_ids, text_ids, unpack
+    from blockskip.shapes.model import PIXELS_PER_TOKEN, image_ids, text_ids, unpack
     from blockskip.training.sampling import EulerSampler
 
     path = out / "selection_profile.json"
@@ -107,14 +109,15 @@ def selection_split(model, critic, out: Path) -> tuple[int, int]:
             "large magenta twotone cyan triangle on olive",
             "small yellow solid ring large white striped black diamond on speckled gray",
         ]
-        inputs = []
+        inputs, tokens_per_side = [], side // PIXELS_PER_TOKEN
         for index, prompt in enumerate(prompts):
             text, pooled = encoder([prompt])
-            noise = torch.randn(1, 64, 48, generator=torch.Generator().manual_seed(index))
-            inputs.append(dict(hidden_states=noise, encoder_hidden_states=text, pooled_projections=pooled, img_ids=image_ids(8, 8), txt_ids=text_ids(text.shape[1])))
+            noise = torch.randn(1, tokens_per_side**2, 3 * PIXELS_PER_TOKEN**2, generator=torch.Generator().manual_seed(index))
+            ids = image_ids(tokens_per_side, tokens_per_side)
+            inputs.append(dict(hidden_states=noise, encoder_hidden_states=text, pooled_projections=pooled, img_ids=ids, txt_ids=text_ids(text.shape[1])))
         profile = select_blocks(
             model, inputs=inputs, window=4, max_skip=7, embedder=CriticEmbedder(critic),
-            sampler=EulerSampler(steps=12), decode=lambda tokens: (unpack(tokens, 32, 32) + 1) / 2, progress=False,
+            sampler=EulerSampler(steps=12), decode=lambda tokens: (critic_view(unpack(tokens, side, side)) + 1) / 2, progress=False,
         )
         profile.save(path)
     split = best_skip(profile, 0.5)
@@ -143,20 +146,24 @@ def _spawn_workers(args, argv: list[str]) -> None:
 def run(args, argv: list[str]) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    records = _records(out)
+    sides = {r.get("side", 32) for r in records}
+    if sides - {args.side}:
+        raise SystemExit(f"{out} holds results at {sorted(sides)} px; this run is at {args.side} px. Use another --out.")
     model, critic, encoder = load_shapes_dit(args.checkpoint), load_critic(), ShapesTextEncoder()
-    split = selection_split(model, critic, out) if not args.no_selection else None
+    split = selection_split(model, critic, out, args.side) if not args.no_selection else None
     if args.workers > 1:
         _spawn_workers(args, argv)
         return
     subjects = HELD_OUT_SUBJECTS[args.first_subject : args.first_subject + args.subjects]
     results_path = out / f"results_{args.first_subject}_{args.first_subject + len(subjects)}.jsonl"
-    done = {(r["row"], r["subject"], r["seed"]) for r in _records(out)}
-    recipes = [r for r in rows(split) if not args.rows or any(word in row_name(r) for word in args.rows)]
+    done = {(r["row"], r["subject"], r["seed"]) for r in records}
+    recipes = [r for r in rows(split, args.side) if not args.rows or any(word in row_name(r) for word in args.rows)]
     total = len(recipes) * len(subjects) * len(args.seeds)
     count = 0
     for seed in args.seeds:
         for subject in subjects:
-            references, captions = reference_set(subject, count=args.references, seed=seed)
+            references, captions = reference_set(subject, count=args.references, seed=seed, size=args.side)
             prompt_count = len(subject_prompts(subject))
             prompts = subject_prompts(subject) * args.samples_per_prompt
             for recipe in recipes:
@@ -172,9 +179,9 @@ def run(args, argv: list[str]) -> None:
                         model, recipe, references, captions, steps=args.steps, batch_size=args.batch_size,
                         rank=args.rank, lr=args.lr, seed=seed,
                     )
-                samples = generate(tuned, encoder, [p.text for p in prompts], seed=1000 + seed, steps=args.sample_steps, guidance=args.guidance)
+                samples = generate(tuned, encoder, [p.text for p in prompts], seed=1000 + seed, steps=args.sample_steps, guidance=args.guidance, size=args.side)
                 scores = score_samples(critic, samples, prompts, references, subject)
-                record = {"row": name, "subject": subject.name, "seed": seed, **scores, **stats}
+                record = {"row": name, "subject": subject.name, "seed": seed, "side": args.side, **scores, **stats}
                 sample_dir = out / "samples"
                 sample_dir.mkdir(exist_ok=True)
                 torch.save(samples[:prompt_count].half(), sample_dir / f"{_slug(name)}__{subject.name}__{seed}.pt")
@@ -200,7 +207,7 @@ def report(args) -> None:
     records = _records(out)
     names = list(dict.fromkeys(record["row"] for record in records))
     by_row = {name: [r for r in records if r["row"] == name] for name in names}
-    baseline = by_row.get("full LoRA @32", [])
+    baseline = next((by_row[name] for name in names if name.startswith("full LoRA")), [])
     base_memory = statistics.mean(r["memory_bytes"] for r in baseline) if baseline else None
     base_time = statistics.mean(r["seconds_per_step"] for r in baseline) if baseline else None
     subjects = sorted({r["subject"] for r in records})
@@ -236,7 +243,8 @@ def report(args) -> None:
     score_bars(charted).save(image_dir / "quality_scores.png")
     memory_quality_scatter(charted).save(image_dir / "quality_memory_vs_similarity.png")
     shown = [subject for subject in HELD_OUT_SUBJECTS if subject.name in subjects][: args.grid_subjects]
-    references = {subject.name: reference_set(subject, count=args.references, seed=seeds[0])[0][:3] for subject in shown}
+    side = records[0].get("side", 32)
+    references = {subject.name: reference_set(subject, count=args.references, seed=seeds[0], size=side)[0][:3] for subject in shown}
     for name in names:
         grid_rows = []
         for subject in shown:
@@ -244,13 +252,14 @@ def report(args) -> None:
             if path.exists():
                 grid_rows.append(torch.cat([references[subject.name], torch.load(path, weights_only=True).float()]))
         if grid_rows:
-            save_grid(grid_rows, image_dir / f"quality_{_slug(name)}.png", scale=3)
+            save_grid(grid_rows, image_dir / f"quality_{_slug(name)}.png", scale=max(1, 128 // side))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/quality")
     parser.add_argument("--checkpoint", default=None, help="shapes DiT weights (default: the shipped checkpoint)")
+    parser.add_argument("--side", type=int, default=32, help="reference and sampling side in px (the model must be pretrained at it); rows train at it and at half")
     parser.add_argument("--subjects", type=int, default=10, help="how many held-out subjects (of 10)")
     parser.add_argument("--first-subject", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="processes to split the subjects between")

@@ -20,12 +20,11 @@ import math
 import sys
 
 import torch
-import torch.nn.functional as F
 
 from blockskip.shapes import ShapesTextEncoder, generate, load_shapes_dit
-from blockskip.shapes.critic import load_critic, read_colours
+from blockskip.shapes.critic import critic_view, load_critic, read_colours
 from blockskip.shapes.model import build_shapes_dit
-from blockskip.shapes.scenes import BACKGROUNDS, HELD_OUT_SUBJECTS, IMAGE_SIZE, PATTERNS, SHAPES, Subject, caption, sample_scene, subject_scene
+from blockskip.shapes.scenes import BACKGROUNDS, HELD_OUT_SUBJECTS, PATTERNS, SHAPES, Subject, caption, sample_scene, subject_scene
 
 FRESH_SEED = 7_777_777_777  # far from pretraining's seed * 1_000_003 + step
 
@@ -45,9 +44,7 @@ def prompts_for(kind: str, count: int) -> list:
 @torch.no_grad()
 def read_back(model, critic, encoder, scenes, side: int, seed: int = 0, steps: int = 20, ralu=None) -> dict[str, float]:
     images = generate(model, encoder, [caption(scene) for scene in scenes], seed=seed, steps=steps, size=side, ralu=ralu)
-    if side != IMAGE_SIZE:
-        images = F.adaptive_avg_pool2d(images, IMAGE_SIZE)
-    features = critic(images)
+    features = critic(critic_view(images))
     shapes, patterns = features["shape"].argmax(1), features["pattern"].argmax(1)
     colours = read_colours(features["colours"], patterns)
     hits = {"shape": [], "pattern": [], "colours": [], "background": []}

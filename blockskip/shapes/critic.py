@@ -10,6 +10,9 @@ accent): stripes and checks of red on yellow and of yellow on red differ only by
 - `prompt_adherence` (CLIP-T-like): the fraction of the attributes a prompt states that the critic
   reads back from the image.
 
+It was trained on 32-px renders; `critic_view` average-pools larger images to that side first, as
+a CLIP processor resizes its input.
+
     >>> critic = AttributeCritic()
     >>> features = critic(torch.zeros(2, 3, 32, 32))
     >>> features["image"].shape, features["identity"].shape, features["shape"].shape, features["colours"].shape
@@ -24,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .scenes import BACKGROUNDS, COLOURS, PATTERNS, SHAPES, TEXTURES, Scene
+from .scenes import BACKGROUNDS, COLOURS, IMAGE_SIZE, PATTERNS, SHAPES, TEXTURES, Scene
 
 CRITIC_FILE = Path(__file__).parent / "weights" / "critic.safetensors"
 IDENTITY_HEADS = {"shape": SHAPES, "pattern": PATTERNS}  # single-label; "colours" is multi-label
@@ -98,6 +101,11 @@ def critic_loss(outputs: dict[str, torch.Tensor], target: dict[str, torch.Tensor
     for name in [*IDENTITY_HEADS, *SCENE_HEADS]:
         loss = loss + F.cross_entropy(outputs[name], target[name])
     return loss
+
+
+def critic_view(images: torch.Tensor) -> torch.Tensor:
+    """`images` at the side the critic reads (32 px), average-pooled from any larger multiple of it."""
+    return images if images.shape[-1] == IMAGE_SIZE else F.adaptive_avg_pool2d(images, IMAGE_SIZE)
 
 
 def load_critic(path: str | Path | None = None) -> AttributeCritic:

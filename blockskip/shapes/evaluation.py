@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .critic import AttributeCritic, read_colours
+from .critic import AttributeCritic, critic_view, read_colours
 from .scenes import BACKGROUNDS, COLOURS, PATTERNS, SHAPES, Subject
 
 TOKEN = "sks"
@@ -49,6 +49,8 @@ def score_samples(
 ) -> dict[str, float]:
     """Scores of `samples` (one per entry of `prompts`) against the subject's reference images.
 
+    Both are read at the critic's side (`critic_view`), whatever side they were drawn at.
+
     - subject_similarity: mean cosine similarity of identity embeddings to the references';
     - image_similarity: the same with whole-image features;
     - prompt_adherence: fraction of the prompt's stated attributes read back (background, the
@@ -56,7 +58,7 @@ def score_samples(
     - subject_accuracy: fraction of samples whose main object reads as the subject's shape,
       pattern and pair of colours (a set: the critic cannot order stripes' colours).
     """
-    sample_features, reference_features = critic(samples), critic(references)
+    sample_features, reference_features = critic(critic_view(samples)), critic(critic_view(references))
 
     def similarity(key: str) -> float:
         a, b = F.normalize(sample_features[key], dim=1), F.normalize(reference_features[key], dim=1)

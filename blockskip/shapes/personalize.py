@@ -1,8 +1,10 @@
 """Personalize the shapes DiT on one subject with a LoRA, trained the way a recipe says.
 
-A `Recipe` is one row of the quality table: the training resolution (`full` 32 px, plain `resize`
-to 16 px, or `patches`: DiT-BlockSkip's timestep-dependent crops resized to 16 px), an optional
-skip section of a plan, and the residual mode of the skipped blocks (`online`, `cached`, `none`).
+A `Recipe` is one row of the quality table: the training resolution (`full`: the references'
+side, plain `resize` to half of it, or `patches`: DiT-BlockSkip's timestep-dependent crops resized
+to half the side, as the paper trains 512 px references at 256), an optional skip section of a
+plan, and the residual mode of the skipped blocks (`online`, `cached`, `none`). The references
+may be rendered at any side the model was pretrained on (`reference_set(..., size=64)`).
 Every recipe sees the same references, captions, noise levels, noise and step count (one
 `TrainingSchedule`); only what the recipe changes differs. The trained LoRA is saved with
 `save_lora` and loaded into a fresh, full model with diffusers' `load_lora_adapter`, as a user
@@ -13,6 +15,8 @@ would, and that model is what gets sampled.
     >>> refs, captions = reference_set(HELD_OUT_SUBJECTS[0], count=2)
     >>> captions
     ['large sks circle on speckled olive', 'large sks circle on navy']
+    >>> resolutions(64)["patches"].min_size, resolutions(64)["patches"].max_size
+    (32, 64)
     >>> recipe = Recipe("skip 50%", skip={"ratio": 0.5})
     >>> model, stats = train_subject_lora(build_shapes_dit(), recipe, refs, captions, steps=2, batch_size=2)
     >>> sorted(stats)
@@ -48,13 +52,17 @@ from .model import pack, text_ids
 from .scenes import IMAGE_SIZE, Subject, caption, render, subject_scene
 from .text import ShapesTextEncoder
 
-TRAIN_SIZE = 16
 ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
-RESOLUTIONS = {
-    "full": PatchSchedule(min_size=IMAGE_SIZE, max_size=IMAGE_SIZE, multiple_of=4),
-    "resize": PatchSchedule(min_size=TRAIN_SIZE, max_size=IMAGE_SIZE, multiple_of=4, schedule="resize"),
-    "patches": PatchSchedule(min_size=TRAIN_SIZE, max_size=IMAGE_SIZE, multiple_of=4, schedule="low_to_high"),
-}
+
+
+def resolutions(side: int = IMAGE_SIZE) -> dict[str, PatchSchedule]:
+    """The three training resolutions for references of `side` px: full, plain resize to half, dynamic patches to half."""
+    half = side // 2
+    return {
+        "full": PatchSchedule(min_size=side, max_size=side, multiple_of=4),
+        "resize": PatchSchedule(min_size=half, max_size=side, multiple_of=4, schedule="resize"),
+        "patches": PatchSchedule(min_size=half, max_size=side, multiple_of=4, schedule="low_to_high"),
+    }
 
 
 @dataclass(frozen=True)
@@ -65,10 +73,10 @@ class Recipe:
     residuals: str = "online"
     tags: tuple[str, ...] = field(default=())
 
-    def plan(self, bank: str | None = None) -> BlockSkipPlan | None:
+    def plan(self, bank: str | None = None, side: int = IMAGE_SIZE) -> BlockSkipPlan | None:
         if self.skip is None:
             return None
-        schedule = RESOLUTIONS[self.resolution]
+        schedule = resolutions(side)[self.resolution]
         residuals = {"mode": self.residuals, "bank": bank} if self.residuals == "cached" else {"mode": self.residuals}
         return BlockSkipPlan.from_dict(
             {
@@ -80,11 +88,11 @@ class Recipe:
         )
 
 
-def reference_set(subject: Subject, count: int = 5, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
-    """`count` reference images of `subject` (alone, on varied backgrounds) and their captions."""
+def reference_set(subject: Subject, count: int = 5, seed: int = 0, size: int = IMAGE_SIZE) -> tuple[torch.Tensor, list[str]]:
+    """`count` reference images of `subject` (alone, on varied backgrounds) rendered at `size` px, and their captions."""
     generator = torch.Generator().manual_seed(10_000 + seed)
     scenes = [subject_scene(subject, generator) for _ in range(count)]
-    return torch.stack([render(scene) for scene in scenes]), [caption(scene, subject_token=TOKEN) for scene in scenes]
+    return torch.stack([render(scene, size) for scene in scenes]), [caption(scene, subject_token=TOKEN) for scene in scenes]
 
 
 def block_linears(model: nn.Module, suffixes) -> list[str]:
@@ -154,12 +162,13 @@ def train_subject_lora(
             )
     torch.manual_seed(seed)
     work = Path(work_dir)
-    patches = RESOLUTIONS[recipe.resolution]
+    side = references.shape[-1]
+    patches = resolutions(side)[recipe.resolution]
     schedule = TrainingSchedule([tuple(references.shape[-2:])] * len(references), steps, batch_size, patches, seed=seed, sampler=LogitNormalSampler())
     examples = [{"image": image, "caption": text} for image, text in zip(references, captions)]
     loader = DataLoader(schedule.dataset(examples), batch_size=batch_size, shuffle=False, collate_fn=DynamicPatchCollator(patches, convention="sigma"))
     inputs = _Inputs(schedule, ShapesTextEncoder())
-    plan = recipe.plan(bank=str(work / "bank"))
+    plan = recipe.plan(bank=str(work / "bank"), side=side)
 
     trainee = copy.deepcopy(model).requires_grad_(False)
     handle = None
@@ -233,4 +242,4 @@ def _reloaded(base: nn.Module, trainee: nn.Module, handle, work: Path) -> nn.Mod
     return full.eval()
 
 
-__all__ = ["RESOLUTIONS", "Recipe", "reference_set", "train_subject_lora"]
+__all__ = ["Recipe", "reference_set", "resolutions", "train_subject_lora"]
