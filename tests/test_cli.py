@@ -11,7 +11,7 @@ from blockskip.cli import main
 def test_demo_runs_end_to_end(tmp_path, capsys):
     assert main(["demo", "--steps", "4", "--out", str(tmp_path / "demo")]) == 0
     printed = capsys.readouterr().out
-    for row in ("pretrained, no LoRA", "full LoRA @32", "skip (online) @32", "BlockSkip (online) @16", "naive skip (no Δ) @16"):
+    for row in ("pretrained, no LoRA", "full LoRA @64", "skip (online) @64", "BlockSkip (online) @32", "naive skip (no Δ) @32"):
         assert row in printed
     assert "— ok." in printed
     saved = sorted(p.name for p in (tmp_path / "demo" / "lora").iterdir())

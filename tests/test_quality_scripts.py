@@ -134,7 +134,7 @@ def test_continuing_from_weights_of_another_architecture_is_refused(tmp_path, mo
 def test_benchmark_runs_resumes_and_reports(tmp_path, capsys):
     personalize = _load("personalize")
     run = ["--out", str(tmp_path / "run"), "--subjects", "1", "--steps", "2", "--rows", "full LoRA", "skip 40% online",
-           "--no-selection", "--samples-per-prompt", "1", "--sample-steps", "2"]
+           "--no-selection", "--samples-per-prompt", "1", "--sample-steps", "2", "--side", "32"]
     assert personalize.main(run) == 0
     results = tmp_path / "run" / "results_0_1.jsonl"
     records = [json.loads(line) for line in results.read_text().splitlines()]
@@ -164,7 +164,7 @@ def test_benchmark_at_64_px_names_rows_by_training_side_and_will_not_mix_sides(t
     samples = torch.load(next((tmp_path / "run" / "samples").iterdir()), weights_only=True)
     assert samples.shape[-2:] == (64, 64)
     with pytest.raises(SystemExit, match="holds results at \\[64\\] px; this run is at 32 px"):
-        personalize.main(run[:-2])
+        personalize.main([*run[:-1], "32"])
     assert len((tmp_path / "run" / "results_0_1.jsonl").read_text().splitlines()) == 1
 
 

@@ -106,13 +106,24 @@ def test_critic_reads_fresh_scenes():
     assert accuracy["background"] > 0.97 and accuracy["shape"] > 0.8 and accuracy["pattern"] > 0.8 and accuracy["colours"] > 0.75, accuracy
 
 
-def test_pretrained_model_follows_captions():
-    """Backgrounds and main-object colours the prompt asks for are what the critic reads back."""
+def test_shipped_checkpoint_was_pretrained_at_every_side_the_benchmark_uses():
+    from blockskip.shapes import pretrained_sides
+
+    assert {32, 64} <= set(pretrained_sides())
+    assert pretrained_sides(WEIGHTS_FILE.with_name("absent.safetensors")) == (32,)  # no card: the scenes' own side
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_pretrained_model_follows_captions(size):
+    """Backgrounds and main-object colours the prompt asks for are what the critic reads back, at 32 and 64 px."""
+    from blockskip.shapes.critic import critic_view
+
     model, critic, encoder = load_shapes_dit(), load_critic(), ShapesTextEncoder()
     prompts = [f"large {colour} solid {shape} on {bg}" for colour, shape, bg in
                [("red", "circle", "navy"), ("blue", "square", "beige"), ("yellow", "triangle", "maroon"), ("green", "ring", "gray")]] * 2
-    samples = generate(model, encoder, prompts, seed=0, steps=16)
-    out = critic(samples)
+    samples = generate(model, encoder, prompts, seed=0, steps=16, size=size)
+    assert samples.shape[-1] == size
+    out = critic(critic_view(samples))
     from blockskip.shapes.critic import SCENE_HEADS, read_colours
     backgrounds = [SCENE_HEADS["background"][i] for i in out["background"].argmax(1)]
     colours = read_colours(out["colours"], out["pattern"].argmax(1))

@@ -1,7 +1,7 @@
 """Can the shapes DiT architecture learn shapes at all? Fine-tune it on an easy world (one large
 solid red object on plain navy, the caption naming its shape) and sample every shape.
 
-    python benchmarks/quality/easy_world_probe.py --init benchmarks/quality/weights/shapes-dit-multires.safetensors \
+    python benchmarks/quality/easy_world_probe.py --init blockskip/shapes/weights/shapes-dit.safetensors \
         --steps 1500 --grid docs/images/shapes_easy_world_probe.png
 
 `--world single-object` keeps one object per scene but every colour, pattern, size, background

@@ -1,6 +1,6 @@
 """The personalization benchmark: DiT-BlockSkip's quality claims, measured on the shapes DiT.
 
-    python benchmarks/quality/personalize.py --out runs/quality            # all rows, 10 subjects
+    python benchmarks/quality/personalize.py --out runs/quality            # all rows, 10 subjects, 64 px
     python benchmarks/quality/personalize.py --out runs/quality --report docs/quality_results.md
 
 For every held-out subject (an identity pretraining never drew, bound to the token `sks`) and
@@ -35,6 +35,7 @@ from blockskip.shapes import (
     ShapesTextEncoder,
     generate,
     load_shapes_dit,
+    pretrained_sides,
 )
 from blockskip.shapes.critic import critic_view, load_critic
 from blockskip.shapes.evaluation import score_samples, subject_prompts
@@ -259,7 +260,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/quality")
     parser.add_argument("--checkpoint", default=None, help="shapes DiT weights (default: the shipped checkpoint)")
-    parser.add_argument("--side", type=int, default=32, help="reference and sampling side in px (the model must be pretrained at it); rows train at it and at half")
+    parser.add_argument("--side", type=int, default=None,
+                        help="reference and sampling side in px; rows train at it and at half (default: the largest side the model was pretrained on)")
     parser.add_argument("--subjects", type=int, default=10, help="how many held-out subjects (of 10)")
     parser.add_argument("--first-subject", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="processes to split the subjects between")
@@ -281,6 +283,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.side = args.side or max(pretrained_sides(args.checkpoint))
     if args.report:
         report(args)
     else:

@@ -1,7 +1,7 @@
 """Does a shapes DiT use the shape word? Its flow-matching loss with the right caption, with only
 the shape word swapped, and with no caption, at fixed noise levels.
 
-    python benchmarks/quality/shape_signal.py --checkpoint benchmarks/quality/weights/shapes-dit-multires.safetensors
+    python benchmarks/quality/shape_signal.py          # the shipped model
 
 For single-object scenes (readback.py's pretraining identities) it noises the same images with
 the same noise at each sigma and prints the mean squared error of the predicted velocity. A model

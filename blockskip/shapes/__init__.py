@@ -12,6 +12,7 @@ from .model import (
     load_shapes_dit,
     model_card,
     pack,
+    pretrained_sides,
     unpack,
 )
 from .scenes import (
@@ -38,6 +39,7 @@ __all__ = [
     "load_shapes_dit",
     "model_card",
     "pack",
+    "pretrained_sides",
     "render",
     "sample_scene",
     "subject_scene",

@@ -1,22 +1,23 @@
 """`blockskip demo`: personalize the pretrained shapes DiT on a subject it has never seen, three ways.
 
 The embedded default is a small FLUX-architecture model (`FluxTransformer2DModel`, 12 blocks,
-~2.5M parameters) pretrained on procedural scenes (see docs/quality.md). The subject is a held-out
+~2.5M parameters) pretrained on procedural scenes of 32 to 64 px (see docs/quality.md); the demo
+works at the largest side it was pretrained on, 64 px (256 tokens). The subject is a held-out
 identity (a shape with a colour, pattern and accent that pretraining never drew) bound to the
 token `sks`; five reference images teach it. The runs share the references, the schedule and the
 seeds:
 
-- full LoRA: every block trains, at the full 32 px;
-- skip: the plan's leading and trailing blocks are skipped with online residuals, at 32 px;
+- full LoRA: every block trains, at the full 64 px;
+- skip: the plan's leading and trailing blocks are skipped with online residuals, at 64 px;
 - BlockSkip: the same skip, and each image is cropped at a size set by its noise level and
-  trained at 16 px (DiT-BlockSkip: the most memory saved);
+  trained at half the side, 32 px (DiT-BlockSkip: the most memory saved);
 - naive skip: the skip and crops with no residual (the ablation that collapses).
 
 Each LoRA is saved and loaded into a fresh full model with diffusers' `load_lora_adapter`, which
 then samples the subject's prompts. The attribute critic scores the samples (docs/quality.md), and
 `samples.png` shows them: reference images, then one row per run.
 
-Example (about a minute on two CPU cores):
+Example (about two minutes on two CPU cores):
     $ blockskip demo --out blockskip-demo
 """
 
@@ -76,7 +77,7 @@ def run_demo(
     The samples and the BlockSkip LoRA go to `out`. The other runs train in scratch folders that
     are removed, or in `work_dir/<run>` when `work_dir` is given.
     """
-    from . import HELD_OUT_SUBJECTS, ShapesTextEncoder, generate, load_shapes_dit
+    from . import HELD_OUT_SUBJECTS, ShapesTextEncoder, generate, load_shapes_dit, pretrained_sides
     from .critic import load_critic
     from .evaluation import score_samples, subject_prompts
     from .grid import save_grid
@@ -94,16 +95,17 @@ def run_demo(
     )
 
     chosen = HELD_OUT_SUBJECTS[subject]
-    references, captions = reference_set(chosen, seed=seed)
+    side = max(pretrained_sides())
+    references, captions = reference_set(chosen, seed=seed, size=side)
     prompts = subject_prompts(chosen)
     skip = plan.to_dict()["skip"]
     mode = plan.residuals.mode
     runs = [
         ("pretrained, no LoRA", None, None),
-        ("full LoRA @32", Recipe("full LoRA", resolution="full"), None),
-        (f"skip ({mode}) @32", Recipe("skip only", resolution="full", skip=skip, residuals=mode), None),
-        (f"BlockSkip ({mode}) @16", Recipe("BlockSkip", skip=skip, residuals=mode), out),
-        ("naive skip (no Δ) @16", Recipe("naive skip", skip=skip, residuals="none"), None),
+        (f"full LoRA @{side}", Recipe("full LoRA", resolution="full"), None),
+        (f"skip ({mode}) @{side}", Recipe("skip only", resolution="full", skip=skip, residuals=mode), None),
+        (f"BlockSkip ({mode}) @{side // 2}", Recipe("BlockSkip", skip=skip, residuals=mode), out),
+        (f"naive skip (no Δ) @{side // 2}", Recipe("naive skip", skip=skip, residuals="none"), None),
     ]
     results, grid, reload_error = [], [references], None
     for name, recipe, work in runs:
@@ -117,18 +119,18 @@ def run_demo(
                 model, recipe, references, captions, steps=steps, rank=rank, seed=seed, work_dir=work
             )
             reload_error = stats.get("reload_error", reload_error)
-        samples = generate(tuned, encoder, [p.text for p in prompts], seed=1000 + seed)
+        samples = generate(tuned, encoder, [p.text for p in prompts], seed=1000 + seed, size=side)
         grid.append(samples)
         scores = score_samples(critic, samples, prompts, references, chosen)
         results.append(
             RunResult(name, stats.get("memory_bytes"), stats.get("seconds_per_step"), stats.get("final_loss"),
                       scores["subject_accuracy"], scores["subject_similarity"], scores["prompt_adherence"])
         )
-    save_grid(grid, out / "samples.png", scale=4)
+    save_grid(grid, out / "samples.png", scale=max(1, 128 // side))
 
     identity = f"{chosen.colour} {chosen.shape}, {chosen.pattern} with {chosen.accent}"
     print(f"\nblockskip demo: {summary}")
-    print(f"subject {chosen.name} ({identity}; never drawn in pretraining), 5 references as 'sks {chosen.shape}', "
+    print(f"subject {chosen.name} ({identity}; never drawn in pretraining), 5 references at {side} px as 'sks {chosen.shape}', "
           f"{steps} steps, batch 4, LoRA rank {rank}")
     print("memory = weights in the module tree + measured peak of a step; scores by the attribute critic on 6 prompts\n")
     print(format_table(results))

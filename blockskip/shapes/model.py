@@ -1,8 +1,9 @@
-"""The shapes DiT: a small `FluxTransformer2DModel` that draws 32×32 scenes, and its pixel packing.
+"""The shapes DiT: a small `FluxTransformer2DModel` that draws scenes of 32 to 64 px, and its pixel packing.
 
 There is no VAE: an image's "latents" are its pixels, folded 4×4 into tokens of 48 channels
-(`pack`), so a 32×32 image is 8×8 = 64 tokens and a 16×16 crop is 16. Position ids are FLUX's
-(row, column) grid, so a model trained on 16×16 crops still samples 32×32 images.
+(`pack`), so a 64×64 image is 16×16 = 256 tokens and a 32×32 one (or crop) is 64. Position ids are
+FLUX's (row, column) grid. The shipped checkpoint was pretrained on 32, 48 and 64 px scenes and
+crops (`pretrained_sides()`), as FLUX is pretrained over many resolutions.
 
     >>> model = build_shapes_dit()
     >>> tokens, ids = pack(torch.zeros(2, 3, 32, 32))
@@ -70,6 +71,17 @@ def load_shapes_dit(path: str | Path | None = None) -> nn.Module:
 def model_card() -> dict:
     """How the shipped checkpoint was made (config, command, images seen, time)."""
     return json.loads(CARD_FILE.read_text())
+
+
+def pretrained_sides(path: str | Path | None = None) -> tuple[int, ...]:
+    """The image sides (px) the shipped checkpoint (or the one at `path`) was pretrained on, from its card.
+
+        >>> max(pretrained_sides())
+        64
+    """
+    card = Path(path).with_suffix(".json") if path is not None else CARD_FILE
+    recipe = json.loads(card.read_text()).get("recipe", {}) if card.is_file() else {}
+    return tuple(recipe.get("sides", (32,)))
 
 
 def image_ids(height_tokens: int, width_tokens: int) -> torch.Tensor:
