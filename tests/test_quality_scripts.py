@@ -181,3 +181,32 @@ def test_dynamic_benchmark_trains_a_row_resumes_and_reports(tmp_path):
     assert len((tmp_path / "run" / "results.jsonl").read_text().splitlines()) == 1
     table = (tmp_path / "docs" / "dynamic.md").read_text()
     assert "| DyDiT λ=0.7 + LoRA |" in table and (tmp_path / "docs" / "images" / "dynamic_samples.png").exists()
+
+
+def test_targets_are_checked_from_paired_records_and_misses_are_reported():
+    targets = _load("targets")
+
+    def row(similarity, accuracy, spread=0.0):
+        return [{"subject": f"s{i}", "seed": 0, "subject_similarity": similarity + spread * (i % 2), "subject_accuracy": accuracy}
+                for i in range(4)]
+
+    by_row = {
+        "pretrained, no LoRA": row(0.80, 0.0),
+        "full LoRA @64": row(0.90, 0.5),
+        "plain resize @32": row(0.85, 0.2),
+        "dynamic patches @32": row(0.85, 0.2, spread=0.01),  # ahead by 0.005 ± 0.003: more than one s.e.
+        "skip 30% cached": row(0.88, 0.45),
+        "skip 30% online": row(0.86, 0.30),
+        "skip 50% none": row(0.84, 0.0),
+        "skip first 6 only (50%)": row(0.86, 0.1),
+        "skip last 6 only (50%)": row(0.87, 0.1),
+        "selection tool 50% (3+3)": row(0.865, 0.1),
+    }
+    lines = targets.target_checks(by_row, side=64)
+    assert lines[0] == "- ✗ full LoRA @64: subject accuracy 0.500 (target ≥ 0.7)"
+    assert [line[2] for line in lines if "skip 30% cached" in line] == ["✓", "✓"]
+    assert [line[2] for line in lines if "skip 30% online" in line] == ["✗", "✗"]  # 0.956× similarity, 0.6× accuracy
+    assert "✓ dynamic patches beat plain resize @32" in "\n".join(lines)
+    assert "✗ naive skip 50%" in "\n".join(lines)  # gains 40% of full LoRA's similarity: not near
+    selection = [line for line in lines if line.startswith(("- ✓ selection", "- ✗ selection"))]
+    assert [line[2] for line in selection] == ["✓", "✗"]  # ahead of first-only, behind last-only

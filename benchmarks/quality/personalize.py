@@ -14,7 +14,7 @@ step are measured in the same process, and reported as ratios to the full-LoRA r
 Results go to `<out>/results_<first>_<last>.jsonl`, one line per (row, subject, seed), so an
 interrupted run resumes where it stopped. `--workers N` splits the subjects between N processes
 of one thread each (on a two-core machine, 2 workers finish in about half the time). `--report`
-writes the table (mean ± std over subjects and seeds), a sample grid per row (`<report dir>/images/quality_<row>.png`),
+writes the table of the `--seeds` given (mean ± std over subjects and seeds), a sample grid per row (`<report dir>/images/quality_<row>.png`),
 a bar chart of the four scores per row with ± std whiskers (`quality_scores.png`) and measured memory
 against subject similarity (`quality_memory_vs_similarity.png`).
 """
@@ -44,6 +44,7 @@ from blockskip.shapes.personalize import Recipe, reference_set, train_subject_lo
 
 sys.path.insert(0, str(Path(__file__).parent))
 from plots import memory_quality_scatter, score_bars  # noqa: E402
+from targets import target_checks  # noqa: E402
 
 METRICS = ("subject_similarity", "image_similarity", "prompt_adherence", "subject_accuracy")
 
@@ -205,7 +206,7 @@ def _mean_std(values: list[float]) -> str:
 
 def report(args) -> None:
     out = Path(args.out)
-    records = _records(out)
+    records = [r for r in _records(out) if r["seed"] in args.seeds]
     names = list(dict.fromkeys(record["row"] for record in records))
     by_row = {name: [r for r in records if r["row"] == name] for name in names}
     baseline = next((by_row[name] for name in names if name.startswith("full LoRA")), [])
@@ -229,6 +230,10 @@ def report(args) -> None:
         else:
             memory = step = "–"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {memory} | {step} |")
+    side = records[0].get("side", 32)
+    checks = target_checks(by_row, side)
+    if checks:
+        lines += ["", "Targets (issue 16), measured on these records:", "", *checks]
     report_path = Path(args.report)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text("\n".join(lines) + "\n")
@@ -244,7 +249,6 @@ def report(args) -> None:
     score_bars(charted).save(image_dir / "quality_scores.png")
     memory_quality_scatter(charted).save(image_dir / "quality_memory_vs_similarity.png")
     shown = [subject for subject in HELD_OUT_SUBJECTS if subject.name in subjects][: args.grid_subjects]
-    side = records[0].get("side", 32)
     references = {subject.name: reference_set(subject, count=args.references, seed=seeds[0], size=side)[0][:3] for subject in shown}
     for name in names:
         grid_rows = []
