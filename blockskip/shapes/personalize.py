@@ -101,13 +101,18 @@ def block_linears(model: nn.Module, suffixes) -> list[str]:
     return block_linear_names(model, blocks, suffixes)
 
 
-class _Inputs:
-    """Model inputs of one scheduled batch: packed crops, the schedule's noise, cached text features."""
+class ScheduledInputs:
+    """Model inputs of one scheduled batch: packed crops, the schedule's noise, text features.
 
-    def __init__(self, schedule: TrainingSchedule, encoder: ShapesTextEncoder):
-        self.schedule, self.encoder, self.text = schedule, encoder, {}
+    Text features are cached per prompt unless `cache_text=False` (textual inversion changes a
+    word's vector between calls)."""
+
+    def __init__(self, schedule: TrainingSchedule, encoder: ShapesTextEncoder, cache_text: bool = True):
+        self.schedule, self.encoder, self.text, self.cache_text = schedule, encoder, {}, cache_text
 
     def _encode(self, prompts: list[str]):
+        if not self.cache_text:
+            return self.encoder(prompts)
         missing = [p for p in prompts if p not in self.text]
         if missing:
             for prompt, tokens, pooled in zip(missing, *self.encoder(missing)):
@@ -127,7 +132,7 @@ class _Inputs:
         return kwargs, noise - tokens
 
 
-def _bank_samples(loader, inputs: _Inputs):
+def _bank_samples(loader, inputs: ScheduledInputs):
     for step, batch in enumerate(loader):
         kwargs, _ = inputs(batch, step)
         kwargs.pop("return_dict")
@@ -167,7 +172,7 @@ def train_subject_lora(
     schedule = TrainingSchedule([tuple(references.shape[-2:])] * len(references), steps, batch_size, patches, seed=seed, sampler=LogitNormalSampler())
     examples = [{"image": image, "caption": text} for image, text in zip(references, captions)]
     loader = DataLoader(schedule.dataset(examples), batch_size=batch_size, shuffle=False, collate_fn=DynamicPatchCollator(patches, convention="sigma"))
-    inputs = _Inputs(schedule, ShapesTextEncoder())
+    inputs = ScheduledInputs(schedule, ShapesTextEncoder())
     plan = recipe.plan(bank=str(work / "bank"), side=side)
 
     trainee = copy.deepcopy(model).requires_grad_(False)
@@ -211,14 +216,14 @@ def train_subject_lora(
         "trainable_parameters": sum(p.numel() for p in parameters),
         "skipped_blocks": 0 if handle is None else len(handle.skipped_block_names()),
     }
-    full = _reloaded(model, trainee, handle, work)
+    full = reload_into_full_model(model, trainee, handle, work)
     if handle is not None and plan.residuals.mode == "online":
         stats["reload_error"] = _reload_error(trainee, full, inputs, loader)
     return full, stats
 
 
 @torch.no_grad()
-def _reload_error(trainee: nn.Module, full: nn.Module, inputs: _Inputs, loader) -> float:
+def _reload_error(trainee: nn.Module, full: nn.Module, inputs: ScheduledInputs, loader) -> float:
     """Relative output difference between the trained skipped model and the reloaded full one.
 
     Online residuals make the skipped model compute exactly what the full model with the same LoRA
@@ -230,7 +235,7 @@ def _reload_error(trainee: nn.Module, full: nn.Module, inputs: _Inputs, loader) 
     return float((full(**kwargs)[0] - reference).norm() / reference.norm())
 
 
-def _reloaded(base: nn.Module, trainee: nn.Module, handle, work: Path) -> nn.Module:
+def reload_into_full_model(base: nn.Module, trainee: nn.Module, handle, work: Path) -> nn.Module:
     """The LoRA saved as a user would save it, loaded into a fresh full copy of the base model."""
     if handle is None:
         return trainee.eval()
