@@ -210,3 +210,21 @@ def test_targets_are_checked_from_paired_records_and_misses_are_reported():
     assert "✗ naive skip 50%" in "\n".join(lines)  # gains 40% of full LoRA's similarity: not near
     selection = [line for line in lines if line.startswith(("- ✓ selection", "- ✗ selection"))]
     assert [line[2] for line in selection] == ["✓", "✗"]  # ahead of first-only, behind last-only
+
+
+def test_forward_only_benchmark_scores_at_equal_steps_equal_time_and_the_end(tmp_path):
+    forward_only = _load("forward_only")
+    run = ["--out", str(tmp_path / "run"), "--subjects", "1", "--steps", "2", "--zo-steps", "4", "--samples-per-prompt", "1",
+           "--sample-steps", "1", "--side", "32", "--rows", "BP LoRA", "ZO LoRA", "--threads", "1"]
+    assert forward_only.main(run) == 0
+    results = tmp_path / "run" / "results.jsonl"
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(r["row"], r["checkpoint"]) for r in records][:2] == [("BP LoRA", "end"), ("ZO LoRA", "equal steps")]
+    zo = [r for r in records if r["row"] == "ZO LoRA"]
+    assert {r["checkpoint"].replace(" (ran out)", "") for r in zo} == {"equal steps", "equal time", "end"}
+    assert zo[0]["step"] == 2 and zo[-1]["step"] == 4 and zo[-1]["steps_by_kind"] == {"bp": 0, "zo": 4}
+    assert forward_only.main(run) == 0 and len(results.read_text().splitlines()) == len(records)  # resumed: nothing to do
+    report = tmp_path / "table.md"
+    assert forward_only.main([*run[:2], "--side", "32", "--report", str(report)]) == 0
+    table = report.read_text()
+    assert "| BP LoRA | end |" in table and "| ZO LoRA | equal time |" in table and "1.00× | 2 |" in table
