@@ -217,7 +217,7 @@ def test_forward_only_benchmark_scores_at_equal_steps_equal_time_and_the_end(tmp
     run = ["--out", str(tmp_path / "run"), "--subjects", "1", "--steps", "2", "--zo-steps", "4", "--samples-per-prompt", "1",
            "--sample-steps", "1", "--side", "32", "--rows", "BP LoRA", "ZO LoRA", "--threads", "1"]
     assert forward_only.main(run) == 0
-    results = tmp_path / "run" / "results.jsonl"
+    results = tmp_path / "run" / "results_0_1.jsonl"
     records = [json.loads(line) for line in results.read_text().splitlines()]
     assert [(r["row"], r["checkpoint"]) for r in records][:2] == [("BP LoRA", "end"), ("ZO LoRA", "equal steps")]
     zo = [r for r in records if r["row"] == "ZO LoRA"]

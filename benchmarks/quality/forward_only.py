@@ -1,6 +1,7 @@
 """Forward-only personalization against backpropagation on the shapes world (issue 17).
 
-    python benchmarks/quality/forward_only.py --out runs/forward-only --seeds 0 1
+    python benchmarks/quality/forward_only.py --out runs/forward-only --seeds 0 1 --subjects 5 --threads 1 &
+    python benchmarks/quality/forward_only.py --out runs/forward-only --seeds 0 1 --subjects 5 --first-subject 5 --threads 1
     python benchmarks/quality/forward_only.py --out runs/forward-only --seeds 0 1 --report docs/zeroth_order_results.md
 
 For every held-out subject and seed (the quality table's references, prompts and sampling), rows:
@@ -14,8 +15,8 @@ For every held-out subject and seed (the quality table's references, prompts and
 
 Scores are the critic's four (docs/quality.md); memory is the weights in the module tree plus the
 measured peak of a step (for BP-low / ZO-high the larger of its two kinds), as a ratio to BP LoRA.
-Results go to `<out>/results.jsonl`, one line per (row, checkpoint, subject, seed); a rerun
-resumes. `--report` writes the table (mean ± std) to the given markdown file.
+Results go to `<out>/results_<first>_<last>.jsonl`, one line per (row, checkpoint, subject, seed),
+so two processes can split the subjects (as above) and a rerun resumes. `--report` writes the table (mean ± std) to the given markdown file.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ class Scorer:
         return score_samples(self.critic, samples, self.prompts, self.references, self.subject)
 
 
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for path in sorted(out.glob("results_*.jsonl")) for line in path.read_text().splitlines()]
+
+
 def _write(path: Path, record: dict) -> None:
     with path.open("a") as handle:
         handle.write(json.dumps(record) + "\n")
@@ -63,14 +68,15 @@ def _write(path: Path, record: dict) -> None:
 def run(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = out / "results.jsonl"
-    records = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+    subjects = HELD_OUT_SUBJECTS[args.first_subject : args.first_subject + args.subjects]
+    results = out / f"results_{args.first_subject}_{args.first_subject + len(subjects)}.jsonl"
+    records = _records(out)
     done = {(r["row"], r["subject"], r["seed"]) for r in records}
     model = load_shapes_dit(args.checkpoint)
     names = [name for name, _ in BP_ROWS] + [recipe.name for recipe in ZO_ROWS]
     wanted = [name for name in names if not args.rows or any(word in name for word in args.rows)]
     for seed in args.seeds:
-        for subject in HELD_OUT_SUBJECTS[: args.subjects]:
+        for subject in subjects:
             references, captions = reference_set(subject, seed=seed, size=args.side)
             score = Scorer(args, subject, references, seed)
             common = {"subject": subject.name, "seed": seed, "side": args.side}
@@ -121,8 +127,7 @@ def _cell(values: list[float]) -> str:
 
 
 def report(args) -> None:
-    records = [json.loads(line) for line in (Path(args.out) / "results.jsonl").read_text().splitlines()]
-    records = [r for r in records if r["seed"] in args.seeds]
+    records = [r for r in _records(Path(args.out)) if r["seed"] in args.seeds]
     base = [r["memory_bytes"] for r in records if r["row"] == "BP LoRA"]
     base_memory = statistics.mean(base) if base else None
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -151,7 +156,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="runs/forward-only")
     parser.add_argument("--checkpoint", default=None, help="shapes DiT weights (default: the shipped checkpoint)")
     parser.add_argument("--side", type=int, default=None, help="default: the largest side the model was pretrained on")
-    parser.add_argument("--subjects", type=int, default=10)
+    parser.add_argument("--subjects", type=int, default=10, help="how many held-out subjects (of 10)")
+    parser.add_argument("--first-subject", type=int, default=0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--rows", nargs="*", help="only rows whose name contains one of these words")
     parser.add_argument("--steps", type=int, default=150, help="BP steps (and the equal-steps checkpoint)")
