@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -143,11 +144,12 @@ def test_benchmark_runs_resumes_and_reports(tmp_path, capsys):
     assert personalize.main(run) == 0  # resumed: nothing left to do
     assert len(results.read_text().splitlines()) == 2
     report = tmp_path / "docs" / "quality_results.md"
+    shutil.copy(SCRIPTS / "results" / "selection_profile.json", tmp_path / "run")  # a measured profile, so the report plots it
     assert personalize.main([*run[:2], "--report", str(report), "--grid-subjects", "1"]) == 0
     table = report.read_text()
     assert "| full LoRA @32 |" in table and "1.00× | 1.00× |" in table and "| skip 40% online |" in table
     assert (tmp_path / "docs" / "images" / "quality_skip_40__online.png").exists()
-    for chart in ("quality_scores.png", "quality_memory_vs_similarity.png"):
+    for chart in ("quality_scores.png", "quality_memory_vs_similarity.png", "quality_selection_profile.png"):
         assert (tmp_path / "docs" / "images" / chart).stat().st_size > 1000
 
 
@@ -210,6 +212,10 @@ def test_targets_are_checked_from_paired_records_and_misses_are_reported():
     assert "✗ naive skip 50%" in "\n".join(lines)  # gains 40% of full LoRA's similarity: not near
     selection = [line for line in lines if line.startswith(("- ✓ selection", "- ✗ selection"))]
     assert [line[2] for line in selection] == ["✓", "✗"]  # ahead of first-only, behind last-only
+
+    by_row["selection tool 50% (3+3)"] = row(0.868, 0.1, spread=0.003)  # behind last-only by 0.0005 ± 0.0009
+    tie = [line for line in targets.target_checks(by_row, side=64) if "vs skip last 6 only" in line]
+    assert tie[0].startswith("- ≈ selection tool") and "tied within one s.e." in tie[0]
 
 
 def test_forward_only_benchmark_scores_at_equal_steps_equal_time_and_the_end(tmp_path):

@@ -16,7 +16,8 @@ interrupted run resumes where it stopped. `--workers N` splits the subjects betw
 of one thread each (on a two-core machine, 2 workers finish in about half the time). `--report`
 writes the table of the `--seeds` given (mean ± std over subjects and seeds), a sample grid per row (`<report dir>/images/quality_<row>.png`),
 a bar chart of the four scores per row with ± std whiskers (`quality_scores.png`) and measured memory
-against subject similarity (`quality_memory_vs_similarity.png`).
+against subject similarity (`quality_memory_vs_similarity.png`), and the selection tool's masking
+profile (`quality_selection_profile.png`).
 """
 
 from __future__ import annotations
@@ -258,6 +259,13 @@ def report(args) -> None:
                 grid_rows.append(torch.cat([references[subject.name], torch.load(path, weights_only=True).float()]))
         if grid_rows:
             save_grid(grid_rows, image_dir / f"quality_{_slug(name)}.png", scale=max(1, 128 // side))
+    if (out / "selection_profile.json").exists():
+        from blockskip.selection.plotting import save_profile_plot
+        from blockskip.selection.profile import SelectionProfile, best_skip
+
+        profile = SelectionProfile.load(out / "selection_profile.json")
+        split = best_skip(profile, 0.5)
+        save_profile_plot(profile, image_dir / "quality_selection_profile.png", split=(split.leading, split.trailing))
 
 
 def main(argv=None) -> int:
