@@ -173,15 +173,17 @@ def test_benchmark_at_64_px_names_rows_by_training_side_and_will_not_mix_sides(t
 def test_dynamic_benchmark_trains_a_row_resumes_and_reports(tmp_path):
     dynamic = _load("dynamic")
     common = ["--out", str(tmp_path / "run"), "--steps", "3", "--batch-size", "2", "--prompts", "2", "--cost-prompts", "1",
-              "--rows", "2", "--threads", "1"]
+              "--rows", "1,2", "--threads", "1"]
     assert dynamic.main(common) == 0
     lines = (tmp_path / "run" / "results.jsonl").read_text().splitlines()
-    result = json.loads(lines[0])
-    assert len(lines) == 1 and result["row"] == "DyDiT λ=0.7 + LoRA" and result["steps"] == 3
+    lora, result = (json.loads(line) for line in lines)
+    assert len(lines) == 2 and (lora["row"], result["row"]) == ("LoRA, no gates", "DyDiT λ=0.7 + LoRA") and result["steps"] == 3
     assert 0 < result["flops_ratio"] < 2 and len(result["spent_by_step"]) == 20 and 0 <= result["shape"] <= 1
     assert dynamic.main([*common, "--report", str(tmp_path / "docs" / "dynamic.md")]) == 0  # resumes: nothing retrained
-    assert len((tmp_path / "run" / "results.jsonl").read_text().splitlines()) == 1
+    assert len((tmp_path / "run" / "results.jsonl").read_text().splitlines()) == 2
     table = (tmp_path / "docs" / "dynamic.md").read_text()
+    gated = next(line for line in table.splitlines() if line.startswith("| DyDiT λ=0.7 + LoRA |")).split(" | ")
+    assert float(gated[8]) == pytest.approx(result["flops_ratio"] / lora["flops_ratio"], abs=0.006)  # FLOPs vs LoRA
     assert "| DyDiT λ=0.7 + LoRA |" in table and (tmp_path / "docs" / "images" / "dynamic_samples.png").exists()
 
 

@@ -148,16 +148,19 @@ def report(results: list[dict], out: Path, path: Path, args) -> None:
         f"Measured by `benchmarks/quality/dynamic.py` ({args.steps} steps, batch {args.batch_size}, rank {args.rank}, "
         f"side {args.side}; {args.prompts} held-out prompts, ± standard error). FLOPs and time: sampling "
         f"{args.cost_prompts} prompts, 20 steps with guidance, in hard mode, against the pretrained model measured in "
-        "the same process; 'spent' is the share of the gated FLOPs the routers opened, averaged over the sampling steps.",
+        "the same process; 'vs LoRA' divides by the 'LoRA, no gates' row's ratios, so an unmerged LoRA's own cost "
+        "cancels; 'spent' is the share of the gated FLOPs the routers opened, averaged over the sampling steps.",
         "",
-        "| row | shape | pattern | colours | background | spent | FLOPs (measured) | time (measured) | train min |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| row | shape | pattern | colours | background | spent | FLOPs (measured) | time (measured) | FLOPs vs LoRA | time vs LoRA | train min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    lora = next((result for result in results if result["row"] == "LoRA, no gates"), None)
     for result in results:
         cells = [f"{result[key]:.2f} ± {math.sqrt(result[key] * (1 - result[key]) / args.prompts):.2f}" for key in SCORES]
         spent = result["spent_by_step"]
+        relative = [f"{result[key] / lora[key]:.2f}" if lora and result["adapter"] else "–" for key in ("flops_ratio", "time_ratio")]
         cells += [f"{sum(spent) / len(spent):.2f}" if spent else "1", f"{result['flops_ratio']:.2f}", f"{result['time_ratio']:.2f}",
-                  f"{result.get('train_minutes', 0):.1f}"]
+                  *relative, f"{result.get('train_minutes', 0):.1f}"]
         lines.append(f"| {result['row']} | " + " | ".join(cells) + " |")
     gated = [result for result in results if result["spent_by_step"]]
     if gated:
