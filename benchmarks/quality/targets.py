@@ -1,6 +1,7 @@
 """Issue 16's targets for the personalization table, checked from the per-LoRA records.
 
-Each check prints the numbers it compares and ✓ or ✗; none is tuned for, and a miss is reported,
+Each check prints the numbers it compares and ✓ or ✗ (≈ where a row is behind by less than one
+standard error: a tie, not a win); none is tuned for, and a miss is reported,
 not hidden. Comparisons between two rows are paired: the same subjects, seeds, references and
 schedules trained both, so the difference is taken per (subject, seed) and its standard error is
 the standard deviation of those differences over √n.
