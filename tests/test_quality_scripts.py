@@ -235,4 +235,4 @@ def test_forward_only_benchmark_scores_at_equal_steps_equal_time_and_the_end(tmp
     report = tmp_path / "table.md"
     assert forward_only.main([*run[:2], "--side", "32", "--report", str(report)]) == 0
     table = report.read_text()
-    assert "| BP LoRA | end |" in table and "| ZO LoRA | equal time |" in table and "1.00× | 2 |" in table
+    assert "| BP LoRA | end | 1 |" in table and "| ZO LoRA | equal time | 1 |" in table and "1.00× | 2 |" in table

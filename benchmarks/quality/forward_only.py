@@ -126,6 +126,9 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {spread:.3f}"
 
 
+CHECKPOINT_ORDER = ("equal steps", "equal time", "end")
+
+
 def report(args) -> None:
     records = [r for r in _records(Path(args.out)) if r["seed"] in args.seeds]
     base = [r["memory_bytes"] for r in records if r["row"] == "BP LoRA"]
@@ -138,14 +141,16 @@ def report(args) -> None:
         f"{len({s for s, _ in pairs})} subjects × {len({e for _, e in pairs})} seed(s), {args.side} px; mean ± std. Memory is measured, "
         "as a ratio to BP LoRA; steps and training seconds are means.",
         "",
-        "| row | scored at | subject sim. | image sim. | prompt adherence | subject accuracy | memory | steps | train s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| row | scored at | LoRAs | subject sim. | image sim. | prompt adherence | subject accuracy | memory | steps | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (row, checkpoint), group in groups.items():
+    rows = list(dict.fromkeys(row for row, _ in groups))
+    for row, checkpoint in sorted(groups, key=lambda key: (rows.index(key[0]), CHECKPOINT_ORDER.index(key[1]))):
+        group = groups[(row, checkpoint)]
         memory = f"{statistics.mean(r['memory_bytes'] for r in group) / base_memory:.2f}×" if base_memory else "–"
         cells = " | ".join(_cell([r[m] for r in group]) for m in METRICS)
         steps, seconds = statistics.mean(r["step"] for r in group), statistics.mean(r["train_seconds"] for r in group)
-        lines.append(f"| {row} | {checkpoint} | {cells} | {memory} | {steps:.0f} | {seconds:.0f} |")
+        lines.append(f"| {row} | {checkpoint} | {len(group)} | {cells} | {memory} | {steps:.0f} | {seconds:.0f} |")
     Path(args.report).parent.mkdir(parents=True, exist_ok=True)
     Path(args.report).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
