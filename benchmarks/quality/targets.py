@@ -72,9 +72,10 @@ def target_checks(by_row: dict[str, list[dict]], side: int) -> list[str]:
         for name in ("skip first 6 only (50%)", "skip last 6 only (50%)"):
             if by_row.get(name):
                 difference, error, n = paired(selected, by_row[name], "subject_similarity")
-                tied = difference < 0 and difference >= -error  # behind, but by less than one standard error
+                tied = -error <= difference < 0  # behind, but by less than one standard error
+                mark, note = ("≈", "; tied within one s.e., not ahead") if tied else (_mark(difference >= 0), "")
                 lines.append(
-                    f"- {'≈' if tied else _mark(difference >= 0)} selection tool 50% vs {name}: subject similarity {difference:+.4f} ± {error:.4f} "
-                    f"(paired, n = {n}; target: at least as good{'; tied within one s.e., not ahead' if tied else ''})"
+                    f"- {mark} selection tool 50% vs {name}: subject similarity {difference:+.4f} ± {error:.4f} "
+                    f"(paired, n = {n}; target: at least as good{note})"
                 )
     return lines
