@@ -8,7 +8,8 @@ from tiny_models import build_tiny
 from blockskip import apply_block_skip, get_block_skip, remove_block_skip
 from blockskip.dynamic import DynamicSettings, DynamicSettingsError, apply_dynamic_computation, apply_dynamic_tokens, apply_dynamic_width
 
-FAMILIES = ["FluxTransformer2DModel", "SD3Transformer2DModel"]
+FAMILIES = ["FluxTransformer2DModel", "SD3Transformer2DModel", "QwenImageTransformer2DModel", "HunyuanVideoTransformer3DModel",
+            "ChromaTransformer2DModel", "CogVideoXTransformer3DModel", "WanTransformer3DModel"]
 
 
 def run(case, seed=0, batch=2):
@@ -123,7 +124,7 @@ def test_hard_mode_computes_only_what_is_open_and_matches_the_gated_model(family
             hard = case.output(case.model(**inputs))
     assert torch.allclose(hard, gated, atol=1e-5)
     assert hard_flops.total < 0.85 * soft_flops.total and torch.isfinite(handle.flops_ratio()).all()
-    assert not handle.swapped and all(type(site.block.attn.to_q).__name__ == "Linear" for site in handle.sites.values())
+    assert not handle.swapped and all(type(site.attention.to_q).__name__ == "Linear" for site in handle.sites.values())
     with pytest.raises(RuntimeError, match="hard mode is for inference"):
         case.model.train()
         with torch.no_grad():
@@ -278,5 +279,60 @@ def test_estimator_prices_the_flops_target_with_the_gates_cost_model():
     half = estimate_dynamic_forward("FLUX.1-dev", 0.5, 512, 512)
     assert full.ratio == pytest.approx(1.0) and 1.5 < half.ratio < 2.0
     assert 0.7 < half.gated_flops / half.flops < 1.0  # embedders, norms and the text stream's MLPs are not gated
-    with pytest.raises(ValueError, match="not SanaTransformer2DModel"):
+    with pytest.raises(ValueError, match="not priced for SanaTransformer2DModel"):
         estimate_dynamic_forward("sana-600m", 0.5, 1024, 1024)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_timestep_lora_on_every_family_starts_static_and_follows_the_timestep(family):
+    from peft import LoraConfig
+
+    from blockskip.dynamic import apply_timestep_lora
+
+    case = build_tiny(family)
+    case.model.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian", target_modules=["to_q", "to_v"]))
+    with torch.no_grad():
+        for name, parameter in case.model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(generator=torch.Generator().manual_seed(3)).mul_(0.3)
+    inputs = case.inputs(batch=2)
+    static = run_with(case, inputs)
+    handle = apply_timestep_lora(case.model)
+    assert torch.equal(run_with(case, inputs), static)
+    randomize_timestep_gates(handle)
+    assert not torch.allclose(run_with(case, inputs), static, atol=1e-5)
+    handle.remove()
+    assert torch.equal(run_with(case, inputs), static)
+
+
+def test_unsupported_blocks_are_refused_by_name():
+    for family, block in (("LTXVideoTransformer3DModel", "LTXVideoTransformerBlock"), ("Lumina2Transformer2DModel", "Lumina2TransformerBlock")):
+        with pytest.raises(TypeError, match=f"not {block}"):
+            apply_dynamic_computation(build_tiny(family).model)
+
+
+@pytest.mark.parametrize("preset, height, width, frames", [("qwen-image", 512, 512, None), ("chroma", 512, 512, None),
+                                                            ("wan2.1-1.3b", 256, 256, 5), ("cogvideox-2b", 480, 720, 9)])
+def test_estimator_prices_the_other_supported_families(preset, height, width, frames):
+    from blockskip.estimate.sampling_cost import estimate_dynamic_forward
+
+    half = estimate_dynamic_forward(preset, 0.5, height, width, frames=frames)
+    seven = estimate_dynamic_forward(preset, 0.7, height, width, frames=frames)
+    assert 0.5 < half.gated_flops / half.flops < 1.0
+    assert 1.0 < seven.ratio < half.ratio < 2.0
+
+
+def test_estimate_command_prices_the_flops_target(capsys):
+    import json
+
+    from blockskip.cli import main
+
+    assert main(["estimate", "--model", "qwen-image", "--dynamic-target", "0.7,0.5", "--resolution", "512", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["target"] for row in rows] == [0.7, 0.5] and 1 < rows[0]["ratio"] < rows[1]["ratio"] < 2
+    assert main(["estimate", "--model", "qwen-image", "--dynamic-target", "0.5", "--resolution", "512"]) == 0
+    assert "estimated" in capsys.readouterr().out
+    assert main(["estimate", "--model", "qwen-image", "--dynamic-target", "0.5", "--ralu", "4x"]) != 0
+    assert "does not combine" in capsys.readouterr().err
+    assert main(["estimate", "--model", "sana-600m", "--dynamic-target", "0.5"]) != 0
+    assert "SanaTransformerBlock" in capsys.readouterr().err

@@ -69,6 +69,19 @@ def gib_list(text: str) -> tuple[float, ...]:
     return _list(text, positive_gib)
 
 
+def share(text: str) -> float:
+    """A share of FLOPs to keep: 0 < x ≤ 1."""
+    value = _number(float, text, "a number")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a share in (0, 1]")
+    return value
+
+
+def share_list(text: str) -> tuple[float, ...]:
+    """Comma-separated shares in (0, 1]: `0.7,0.5`."""
+    return _list(text, share)
+
+
 def output_file(text: str) -> str:
     """A file to write (missing folders are made): refused at once where a file stands in the way,
     so that a long search does not end in a failed write."""

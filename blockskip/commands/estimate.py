@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..estimate.gpus import GPUS
-from .arguments import fraction, gib_list, output_file, positive_int
+from .arguments import fraction, gib_list, output_file, positive_int, share_list
 
 
 def add_step_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +50,9 @@ def register(commands) -> None:
                         help="price sampling with RALU instead of a training step: a preset (4x, 7x) or a settings file (FLUX, SD3)")
     parser.add_argument("--ralu-reference-steps", type=positive_int, default=50,
                         help="with --ralu: the full-resolution step count to compare with (default 50)")
+    parser.add_argument("--dynamic-target", type=share_list, metavar="λ[,λ...]",
+                        help="price one forward with DyDiT gating (blockskip.dynamic) keeping each λ of the gated FLOPs, "
+                             "instead of a training step")
     parser.add_argument("--no-baseline", action="store_true", help="skip the unskipped baseline")
     parser.add_argument("--plot", type=output_file, metavar="PNG", help="also draw peak memory and TFLOPs against skip ratio")
     parser.add_argument("--compare", action="store_true",
@@ -151,10 +154,34 @@ def ralu_sampling(args: argparse.Namespace) -> int:
     return 0
 
 
+def dynamic_forward(args: argparse.Namespace) -> int:
+    from ..estimate.sampling_cost import estimate_dynamic_forward
+
+    if args.compare or args.plot or args.zeroth_order or args.plan or args.ralu:
+        raise ValueError("--dynamic-target prices one forward; it does not combine with --plan, --compare, --plot, --zeroth-order or --ralu")
+    side = args.resolution or 1024
+    costs = [estimate_dynamic_forward(args.model, target, side, side, text_length=args.text_length, frames=args.frames)
+             for target in args.dynamic_target]
+    if args.json:
+        print(json.dumps([{"model": cost.model, "height": side, "width": side, "frames": args.frames, "target": cost.target,
+                           "flops": cost.flops, "gated_flops": cost.gated_flops, "dynamic_flops": cost.dynamic_flops,
+                           "ratio": cost.ratio} for cost in costs], indent=2))
+        return 0
+    print(f"dynamic width and tokens, {costs[0].model} at {side}×{side} (estimated: one forward's transformer FLOPs on fake tensors; "
+          f"the gates scale {costs[0].gated_flops / costs[0].flops:.0%} of them; gather overheads not counted)")
+    print(f"{'λ':<6}{'TFLOPs':>9}{'of ungated':>12}{'fewer FLOPs':>13}")
+    print(f"{'1.0':<6}{costs[0].flops / 1e12:>9.2f}{1.0:>12.2f}{1.0:>12.2f}x")
+    for cost in costs:
+        print(f"{cost.target:<6g}{cost.dynamic_flops / 1e12:>9.2f}{1 / cost.ratio:>12.2f}{cost.ratio:>12.2f}x")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ..estimate import estimate_training_memory
     from ..families.presets import resolve_model
 
+    if args.dynamic_target:
+        return dynamic_forward(args)
     if args.ralu:
         return ralu_sampling(args)
     zeroth_order = _zeroth_order(args)  # refuses misused flags before any pricing

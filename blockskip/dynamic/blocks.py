@@ -1,74 +1,189 @@
 """Where a transformer block's heads, MLP channel groups and image tokens can be gated.
 
-Each supported block class gets a `BlockSite`. It finds the attention module (its heads), the
-layers whose input holds the per-head attention outputs, and the MLP (split into as many channel
-groups as there are heads, as DyDiT does). It also says how to gate them with forward hooks:
+Each supported block class has a `_BlockLayout`, which gives the attribute paths of its gated
+attention (its heads), the layers whose input holds the per-head attention outputs, and its
+image-stream MLP. The MLP is split into as many channel groups as there are heads, as DyDiT does.
+`block_site` turns these paths into a `BlockSite`, the modules themselves. The gates work
+through forward hooks:
 
-- heads: the attention output is multiplied per head before the output projection. In FLUX
-  double blocks and SD3 blocks that is `to_out` and `to_add_out`, one mask for both streams of
-  the joint attention. In FLUX single blocks it is the attention part of `proj_out`'s input.
+- heads: the attention output is multiplied per head before the output projection. In blocks
+  with joint attention and two streams (FLUX and Chroma double blocks, SD3, QwenImage,
+  HunyuanVideo) that is `to_out` and `to_add_out`, one mask for both streams. In CogVideoX it is
+  the joint `to_out`, and in Wan the self-attention's `to_out`; its cross-attention runs in
+  full. In fused single blocks (FLUX, Chroma, HunyuanVideo) it is the attention part of
+  `proj_out`'s input.
 - MLP groups: the MLP's hidden activations are multiplied per group before its last Linear.
-  GELU(0) = 0, so gating after the activation equals gating before it. In FLUX single blocks this
-  is the MLP part of `proj_out`'s input. The text-stream MLP (`ff_context`) runs at full width.
+  GELU(0) = 0, so gating after the activation equals gating before it. In single blocks this is
+  the MLP part of `proj_out`'s input. A separate text-stream MLP (`ff_context`, `txt_mlp`) runs
+  at full width.
 - tokens: an image token's MLP output is multiplied by its 0/1 gate, so a closed token bypasses
-  the MLP on the residual. In FLUX single blocks only the MLP part of a closed image token's
+  the MLP on the residual. Where the MLP also holds the text rows (CogVideoX's joint MLP, single
+  blocks) those rows always run. In single blocks only the MLP part of a closed image token's
   `proj_out` input is dropped; its attention output still passes.
+
+The routers read the block's `temb`. Where that is a table of modulation rows (Wan, Chroma;
+(B, rows, D)) they read it flattened. Where it is per token (Wan 2.2 TI2V; (B, N, rows, D)) they
+read its mean over the tokens, since a width choice serves a whole sample.
+
+Not supported, and refused by name: Sana (its MLP is a convolution over the image, so a token
+cannot bypass it alone), FLUX.2 (fused q/k/v/MLP projection), LTX-Video (rotary embedding over
+the flattened heads, after the q/k norm, so heads cannot be cut at a module boundary), Lumina2
+and AuraFlow (gated SwiGLU MLPs).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
+import torch
 from torch import nn
 
-SUPPORTED_BLOCKS = ("FluxTransformerBlock", "FluxSingleTransformerBlock", "JointTransformerBlock")
+from ..families.layouts import block_io_for
+
+
+@dataclass(frozen=True)
+class _BlockLayout:
+    kind: str  # "double": a separate MLP module; "single": FLUX-style fused proj_mlp / proj_out
+    router_width: Callable[[nn.Module], int]  # the width of the routers' input, read from the block
+    attention: str = "attn"
+    head_outputs: tuple[str, ...] = ("attn.to_out.0", "attn.to_add_out")  # double only; absent ones are skipped
+    mlp: str = "ff"  # double: the MLP module; single: proj_mlp
+    mlp_up: str = "ff.net.0.proj"  # its first Linear (rows per group); single: proj_mlp
+    mlp_down: str = "ff.net.2"  # its last Linear (columns per group); single: proj_out
+    joint_attention: bool = True  # the attention runs over image and text tokens together
+    text_in_mlp: str | None = None  # "first" / "last": the MLP's input holds the text rows there too
+
+
+def _linear_input(path: str) -> Callable[[nn.Module], int]:
+    return lambda block: block.get_submodule(path).in_features
+
+
+def _modulation_rows(rows: int) -> Callable[[nn.Module], int]:
+    return lambda block: rows * block.get_submodule("attn").to_q.in_features
+
+
+def _modulation_table(block: nn.Module) -> int:  # a block that adds `temb` to its own (…, rows, D) table
+    return block.scale_shift_table.numel()
+
+
+_SINGLE = dict(kind="single", mlp="proj_mlp", mlp_up="proj_mlp", mlp_down="proj_out")
+
+_LAYOUTS: dict[str, _BlockLayout] = {
+    "FluxTransformerBlock": _BlockLayout("double", _linear_input("norm1.linear")),
+    "FluxSingleTransformerBlock": _BlockLayout(router_width=_linear_input("norm.linear"), text_in_mlp="first", **_SINGLE),
+    "JointTransformerBlock": _BlockLayout("double", _linear_input("norm1.linear")),
+    "QwenImageTransformerBlock": _BlockLayout("double", _linear_input("img_mod.1"), mlp="img_mlp", mlp_up="img_mlp.net.0.proj",
+                                              mlp_down="img_mlp.net.2"),
+    "HunyuanVideoTransformerBlock": _BlockLayout("double", _linear_input("norm1.linear")),
+    "HunyuanVideoSingleTransformerBlock": _BlockLayout(router_width=_linear_input("norm.linear"), text_in_mlp="last", **_SINGLE),
+    "ChromaTransformerBlock": _BlockLayout("double", _modulation_rows(12)),
+    "ChromaSingleTransformerBlock": _BlockLayout(router_width=_modulation_rows(3), text_in_mlp="first",
+                                                 **_SINGLE),
+    "CogVideoXBlock": _BlockLayout("double", _linear_input("norm1.linear"), attention="attn1", head_outputs=("attn1.to_out.0",),
+                                   text_in_mlp="first"),
+    "WanTransformerBlock": _BlockLayout("double", _modulation_table, attention="attn1", head_outputs=("attn1.to_out.0",),
+                                        mlp="ffn", mlp_up="ffn.net.0.proj", mlp_down="ffn.net.2", joint_attention=False),
+}
+SUPPORTED_BLOCKS = tuple(_LAYOUTS)
 
 
 @dataclass
 class BlockSite:
     block: nn.Module
-    kind: str  # "double" (separate streams, to_out / ff) or "single" (FLUX: fused proj_out)
+    kind: str  # "double" (a separate image MLP) or "single" (fused proj_mlp / proj_out)
     heads: int
     head_dim: int
     width: int  # model width D
     mlp_width: int
+    attention: nn.Module  # the gated (self or joint) attention
     head_outputs: tuple[nn.Module, ...]  # layers whose input is the concatenated head outputs (double)
+    mlp_module: nn.Module  # the image-stream MLP (double) / proj_mlp (single)
     mlp_output: nn.Module  # the MLP's last Linear (double) or proj_out (single)
-    mlp_module: nn.Module  # whose output is the image-stream MLP update (double) / proj_mlp (single)
+    paths: dict  # "head_outputs" (paths), "mlp", "mlp_up", "mlp_down": where hard mode swaps in slices
+    router_width: int
+    joint_attention: bool
+    text_in_mlp: str | None
+    image_arg: str  # the forward arguments that carry the streams (`BlockIO`)
+    text_arg: str | None  # None: the block takes the joint sequence, text first (Chroma single blocks)
 
     @property
     def groups(self) -> int:
         return self.heads
 
+    def router_input(self, temb: torch.Tensor) -> torch.Tensor:
+        """The block's `temb` as one (B, router_width) vector per sample (see the module docs)."""
+        if temb.ndim == 4:  # per-token conditioning (B, N, rows, D): its mean over the tokens
+            temb = temb.float().mean(dim=1)
+        return temb.float().flatten(1)
+
+    def call_tokens(self, arguments: dict, model_text_tokens: int) -> tuple[int, int]:
+        """(image, text) tokens of one call from the block's bound forward arguments; blocks that take
+        the joint sequence get the text length from the model's own call."""
+        rows = arguments[self.image_arg].shape[1]
+        if self.text_arg is None:
+            return rows - model_text_tokens, model_text_tokens
+        return rows, arguments[self.text_arg].shape[1]
+
+    def image_rows(self, hidden: torch.Tensor, text_tokens: int) -> torch.Tensor:
+        """The image rows of the MLP's input (all of them unless it also holds the text)."""
+        if self.text_in_mlp == "first":
+            return hidden[:, text_tokens:]
+        if self.text_in_mlp == "last":
+            return hidden[:, : hidden.shape[1] - text_tokens]
+        return hidden
+
+    def with_text_rows(self, image: torch.Tensor, text_tokens: int, fill) -> torch.Tensor:
+        """Image-row values (B, N_img, …) padded to the MLP's rows with `fill` for the text rows."""
+        if self.text_in_mlp is None:
+            return image
+        text = torch.full((image.shape[0], text_tokens, *image.shape[2:]), fill, dtype=image.dtype, device=image.device)
+        return torch.cat([text, image] if self.text_in_mlp == "first" else [image, text], dim=1)
+
 
 def block_site(block: nn.Module) -> BlockSite:
     """The gating points of a supported block; other blocks are refused by name."""
     name = type(block).__name__
-    if name not in SUPPORTED_BLOCKS:
+    layout = _LAYOUTS.get(name)
+    if layout is None:
         raise TypeError(f"dynamic width and tokens support {', '.join(SUPPORTED_BLOCKS)} blocks, not {name}")
-    attn = block.attn
+    if getattr(block, "zero_cond_t", False):
+        raise TypeError(f"{name} with zero_cond_t runs two timesteps per sample; dynamic width routes one per sample")
+    attn = block.get_submodule(layout.attention)
     heads = attn.heads
-    head_dim = attn.to_q.out_features // heads if hasattr(attn.to_q, "out_features") else attn.inner_dim // heads
-    if name == "FluxSingleTransformerBlock":
-        mlp_width = block.proj_mlp.out_features
-        return BlockSite(block, "single", heads, head_dim, block.proj_out.out_features, mlp_width,
-                         (), block.proj_out, block.proj_mlp)
-    outputs = [attn.to_out[0]]
-    if getattr(attn, "to_add_out", None) is not None:
-        outputs.append(attn.to_add_out)
-    ff = block.ff
-    last = ff.net[2]
-    return BlockSite(block, "double", heads, head_dim, last.out_features, last.in_features, tuple(outputs), last, ff)
+    head_dim = attn.to_q.out_features // heads
+    up, down = block.get_submodule(layout.mlp_up), block.get_submodule(layout.mlp_down)
+    mlp_width = up.out_features
+    if layout.kind == "double" and down.in_features != mlp_width:
+        raise TypeError(f"{name}'s MLP is gated (GEGLU/SwiGLU-style: {up.out_features} -> {down.in_features}); "
+                        "dynamic width supports plain GELU MLPs")
+    head_outputs = tuple(path for path in layout.head_outputs if _optional(block, path) is not None) if layout.kind == "double" else ()
+    io = block_io_for(block)
+    paths = {"head_outputs": head_outputs, "mlp": layout.mlp, "mlp_up": layout.mlp_up, "mlp_down": layout.mlp_down}
+    return BlockSite(block, layout.kind, heads=heads, head_dim=head_dim, width=down.out_features, mlp_width=mlp_width,
+                     attention=attn, head_outputs=tuple(block.get_submodule(path) for path in head_outputs),
+                     mlp_module=block.get_submodule(layout.mlp), mlp_output=down, paths=paths,
+                     router_width=layout.router_width(block), joint_attention=layout.joint_attention,
+                     text_in_mlp=layout.text_in_mlp, image_arg=io.image_arg, text_arg=io.text_arg)
+
+
+def _optional(block: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return block.get_submodule(path)
+    except AttributeError:
+        return None
 
 
 def block_costs(site: BlockSite, image_tokens: int, text_tokens: int) -> tuple[float, float]:
     """(attention, MLP) multiply-adds of one call for one sample, the parts the gates scale.
 
-    Attention: the q, k, v and output projections of both streams plus the two attention matmuls
-    over the joint sequence. MLP: the image-stream MLP (plus, in single blocks, the MLP share of
-    `proj_out`). The text-stream MLP and the norms are not gated and not counted, as in DyDiT.
+    Attention: the q, k, v and output projections plus the two attention matmuls, over the joint
+    sequence where the attention is joint and over the image tokens where it is self-attention
+    (the cross-attention is not gated). MLP: the image rows of the MLP (plus, in single blocks,
+    the MLP share of `proj_out`). The text rows' MLP and the norms are not gated and not counted,
+    as in DyDiT.
     """
-    tokens = image_tokens + text_tokens
+    tokens = image_tokens + text_tokens if site.joint_attention else image_tokens
     inner = site.heads * site.head_dim
     attention = 4 * tokens * site.width * inner + 2 * tokens * tokens * inner
     mlp = 2 * image_tokens * site.width * site.mlp_width

@@ -4,7 +4,8 @@ For one block call, the open heads and groups (the union over the batch, since a
 serves the whole batch) become sliced copies of the layers that produce or consume them:
 
 - the q/k/v rows and output-projection columns of the open heads, and `attn.heads` set to their
-  count;
+  count (where a q/k norm spans every head, as in Wan and LTX, q and k run in full and the
+  norm's output is cut to the open heads);
 - the first MLP layer's rows and the last one's columns for the open groups.
 
 These slices are swapped into the block for the call and the originals put back after it. Open
@@ -119,6 +120,54 @@ def sliced_linear(layer: nn.Module, rows: torch.Tensor | None = None, columns: t
     return _plain_slice(weight, layer_bias if bias else None, rows, columns)
 
 
+class SelectChannels(nn.Module):
+    """`norm` over every head's channels, then only the open ones: for q/k norms that span all heads
+    (Wan, LTX), whose projections must therefore run in full."""
+
+    def __init__(self, norm: nn.Module, channels: torch.Tensor):
+        super().__init__()
+        self.norm, self.channels = norm, channels
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.norm(hidden)[..., self.channels.to(hidden.device)]
+
+
+_PROJECTIONS = (("to_q", "norm_q"), ("to_k", "norm_k"), ("to_v", None),
+                ("add_q_proj", "norm_added_q"), ("add_k_proj", "norm_added_k"), ("add_v_proj", None))
+
+
+def head_slices(attn: nn.Module, slices: "SliceCache", channels: torch.Tensor, inner: int, head_dim: int):
+    """(module, attribute, replacement) for an attention module to compute the heads in `channels` only.
+
+    Each projection is sliced to the open heads' rows; one followed by a norm over all heads'
+    channels runs in full and the norm is followed by a `SelectChannels` instead. The head count
+    (and `inner_dim`, which some processors divide by it) becomes the open heads'.
+    """
+    swaps = []
+    for projection, norm_name in _PROJECTIONS:
+        layer = getattr(attn, projection, None)
+        if layer is None:
+            continue
+        norm = getattr(attn, norm_name, None) if norm_name else None
+        if norm is not None and _normalized_width(norm) == inner != head_dim:
+            swaps.append((attn, norm_name, SelectChannels(norm, channels)))
+        else:
+            swaps.append((attn, projection, slices(layer, rows=channels)))
+    count = len(channels) // head_dim
+    swaps.append((attn, "heads", count))
+    if hasattr(attn, "inner_dim"):
+        swaps.append((attn, "inner_dim", count * head_dim))
+    return swaps
+
+
+def _normalized_width(norm: nn.Module) -> int | None:
+    shape = getattr(norm, "normalized_shape", None) or getattr(norm, "dim", None)
+    if shape is not None:
+        return int(shape[-1]) if isinstance(shape, (tuple, list, torch.Size)) else int(shape)
+    weight = getattr(norm, "weight", None)
+    return None if weight is None else int(weight.shape[-1])
+
+
 def channel_index(open_parts: torch.Tensor, width: int) -> torch.Tensor:
     """Indices of the channels of the open parts (each part a contiguous `width // parts` slice)."""
     parts = open_parts.numel()
@@ -138,14 +187,14 @@ def run_on_rows(module: nn.Module, hidden: torch.Tensor, rows: torch.Tensor) -> 
 
 
 class GatheredMLP(nn.Module):
-    """Runs `mlp` on the open tokens only: (B, N, D) -> (B, N, D_out), zeros for closed tokens."""
+    """Runs `mlp` on the open rows only: (B, N, D) -> (B, N, D_out), zeros for the closed ones."""
 
-    def __init__(self, mlp: nn.Module, keep):
+    def __init__(self, mlp: nn.Module, open_rows):
         super().__init__()
-        self.mlp, self.keep = mlp, keep  # keep(x) -> (B, N, 1) 0/1 gates, recorded by the caller
+        self.mlp, self.open_rows = mlp, open_rows  # open_rows(x) -> (B, N) bool, recorded by the caller
 
     def forward(self, hidden: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return run_on_rows(self.mlp, hidden, self.keep(hidden)[..., 0] > 0)
+        return run_on_rows(self.mlp, hidden, self.open_rows(hidden))
 
 
 class FusedOutput(nn.Module):

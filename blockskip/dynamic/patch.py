@@ -36,7 +36,7 @@ from ..families.layouts import get_layout
 from ..skipping.skip import get_block_skip
 from .blocks import BlockSite, block_costs, block_site
 from .gates import gate
-from .hard import FusedOutput, GatheredMLP, OpenRowsMLP, SliceCache, channel_index, has_hooked_lora
+from .hard import FusedOutput, GatheredMLP, OpenRowsMLP, SliceCache, channel_index, has_hooked_lora, head_slices
 from .settings import DynamicSettings
 
 _ATTRIBUTE = "_blockskip_dynamic"
@@ -83,6 +83,7 @@ class DynamicHandle:
     hooks: list = field(default_factory=list)
     swapped: list = field(default_factory=list)  # (module, attribute, original) while a block runs hard
     slices: SliceCache = field(default_factory=SliceCache)
+    text_tokens: int = 0  # of the model's current call, for blocks that take the joint sequence
 
     def parameters(self):
         return self.routers.parameters()
@@ -143,12 +144,12 @@ def _install_block(handle: DynamicHandle, name: str, site: BlockSite) -> None:
 
     def begin(module, args, kwargs):
         bound = signature.bind_partial(*args, **kwargs).arguments  # gradient checkpointing passes them positionally
-        temb = bound["temb"]
-        image, text = bound["hidden_states"], bound["encoder_hidden_states"]
-        call = _Call(costs=block_costs(site, image.shape[1], text.shape[1]), text_tokens=text.shape[1])
+        condition = site.router_input(bound["temb"])
+        image_tokens, text_tokens = site.call_tokens(bound, handle.text_tokens)
+        call = _Call(costs=block_costs(site, image_tokens, text_tokens), text_tokens=text_tokens)
         if handle.width:
-            call.heads = _gates(routers.heads(temb.float()), handle, always_open=True)
-            call.groups = _gates(routers.groups(temb.float()), handle, always_open=True)
+            call.heads = _gates(routers.heads(condition), handle, always_open=True)
+            call.groups = _gates(routers.groups(condition), handle, always_open=True)
         handle.calls[name] = call
         handle.restore()  # a call that raised may have left slices in
         if handle.hard:
@@ -179,8 +180,8 @@ def _install_block(handle: DynamicHandle, name: str, site: BlockSite) -> None:
             if handle.hard:  # the gathered MLP has chosen the tokens already
                 return None
             call = handle.calls[name]
-            call.tokens = token_gates(args[0])
-            return output * call.tokens.to(output.dtype)
+            call.tokens = token_gates(site.image_rows(args[0], call.text_tokens))
+            return output * site.with_text_rows(call.tokens, call.text_tokens, 1.0).to(output.dtype)
 
         if handle.width:
             handle.hooks += [layer.register_forward_pre_hook(gate_heads) for layer in site.head_outputs]
@@ -189,9 +190,9 @@ def _install_block(handle: DynamicHandle, name: str, site: BlockSite) -> None:
             handle.hooks.append(site.mlp_module.register_forward_hook(gate_tokens))
         return
 
-    def route_tokens(module, args):  # proj_mlp's input: the normed joint sequence, text first
+    def route_tokens(module, args):  # proj_mlp's input: the normed joint sequence
         call = handle.calls[name]
-        call.tokens = token_gates(args[0][:, call.text_tokens:])
+        call.tokens = token_gates(site.image_rows(args[0], call.text_tokens))
 
     def gate_fused(module, args):  # proj_out's input: [attention output ‖ MLP activations]
         call = handle.calls[name]
@@ -201,8 +202,7 @@ def _install_block(handle: DynamicHandle, name: str, site: BlockSite) -> None:
             attention = attention * _expand(call.heads, site.heads, inner).to(hidden.dtype)
             mlp = mlp * _expand(call.groups, site.groups, site.mlp_width).to(hidden.dtype)
         if call.tokens is not None:
-            keep = torch.cat([torch.ones_like(call.tokens[:, :1]).expand(-1, call.text_tokens, -1), call.tokens], dim=1)
-            mlp = mlp * keep.to(hidden.dtype)
+            mlp = mlp * site.with_text_rows(call.tokens, call.text_tokens, 1.0).to(hidden.dtype)
         return (torch.cat([attention, mlp], dim=-1), *args[1:])
 
     if handle.tokens:
@@ -210,14 +210,20 @@ def _install_block(handle: DynamicHandle, name: str, site: BlockSite) -> None:
     handle.hooks.append(site.mlp_output.register_forward_pre_hook(gate_fused))
 
 
-def _swap(handle: DynamicHandle, module: nn.Module, attribute: str, replacement: nn.Module) -> None:
+def _swap(handle: DynamicHandle, module: nn.Module, attribute: str, replacement) -> None:
+    """Set `module.attribute` (a layer, or a count such as `heads`) for this call; `restore` puts it back."""
     handle.swapped.append((module, attribute, getattr(module, attribute)))
     setattr(module, attribute, replacement)
 
 
+def _swap_path(handle: DynamicHandle, block: nn.Module, path: str, replacement: nn.Module) -> None:
+    parent, _, attribute = path.rpartition(".")
+    _swap(handle, block.get_submodule(parent) if parent else block, attribute, replacement)
+
+
 def _swap_in_slices(handle: DynamicHandle, site: BlockSite, call: _Call, routers: _Routers) -> None:
     """Replace the block's layers by slices computing only what is open (batch union for heads/groups)."""
-    attn, block = site.block.attn, site.block
+    block, paths = site.block, site.paths
     inner = site.heads * site.head_dim
     if handle.tokens:
         if any(has_hooked_lora(layer) for layer in (*site.mlp_module.modules(), site.mlp_output)):
@@ -228,44 +234,35 @@ def _swap_in_slices(handle: DynamicHandle, site: BlockSite, call: _Call, routers
     head_channels = channel_index(heads, inner)
     group_channels = channel_index(groups, site.mlp_width)
     if call.heads is not None:
-        for attribute in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"):
-            if getattr(attn, attribute, None) is not None:
-                _swap(handle, attn, attribute, handle.slices(getattr(attn, attribute), rows=head_channels))
-        handle.swapped.append((attn, "heads", attn.heads))
-        attn.heads = int(heads.sum())
-    if site.kind == "double":
-        if call.heads is not None:
-            _swap(handle, attn.to_out, "0", handle.slices(attn.to_out[0], columns=head_channels))
-            if getattr(attn, "to_add_out", None) is not None:
-                _swap(handle, attn, "to_add_out", handle.slices(attn.to_add_out, columns=head_channels))
-        ff = block.ff
-        if call.groups is not None:
-            _swap(handle, ff.net[0], "proj", handle.slices(ff.net[0].proj, rows=group_channels))
-            _swap(handle, ff.net, "2", handle.slices(ff.net[2], columns=group_channels))
-        if handle.tokens:
-            def keep(hidden):
-                call.tokens = _gates(routers.tokens(hidden.float()), handle, always_open=False)
-                return call.tokens
+        for module, attribute, replacement in head_slices(site.attention, handle.slices, head_channels, inner, site.head_dim):
+            _swap(handle, module, attribute, replacement)
 
-            _swap(handle, block, "ff", GatheredMLP(ff, keep))
-        return
-
-    def rows_for(hidden):  # the joint sequence, text first: text rows always run
+    def open_rows(hidden):  # the MLP's rows that run: the open image tokens and any text rows
         if not handle.tokens:
             return None
-        call.tokens = _gates(routers.tokens(hidden[:, call.text_tokens:].float()), handle, always_open=False)
-        text = torch.ones(hidden.shape[0], call.text_tokens, dtype=torch.bool, device=hidden.device)
-        call.rows = torch.cat([text, call.tokens[..., 0] > 0], dim=1)
+        call.tokens = _gates(routers.tokens(site.image_rows(hidden, call.text_tokens).float()), handle, always_open=False)
+        call.rows = site.with_text_rows(call.tokens[..., 0] > 0, call.text_tokens, True)
         return call.rows
 
+    up, down = block.get_submodule(paths["mlp_up"]), block.get_submodule(paths["mlp_down"])
+    if site.kind == "double":
+        if call.heads is not None:
+            for path in paths["head_outputs"]:
+                _swap_path(handle, block, path, handle.slices(block.get_submodule(path), columns=head_channels))
+        if call.groups is not None:
+            _swap_path(handle, block, paths["mlp_up"], handle.slices(up, rows=group_channels))
+            _swap_path(handle, block, paths["mlp_down"], handle.slices(down, columns=group_channels))
+        if handle.tokens:
+            _swap_path(handle, block, paths["mlp"], GatheredMLP(site.mlp_module, open_rows))
+        return
     call.rows = None
     attention_columns = head_channels if call.heads is not None else torch.arange(inner)
-    _swap(handle, block, "proj_mlp", OpenRowsMLP(handle.slices(block.proj_mlp, rows=group_channels), rows_for))
-    device = next(block.proj_out.parameters()).device  # a PEFT layer has no .weight of its own
-    fused = FusedOutput(handle.slices(block.proj_out, columns=attention_columns.to(device)),
-                        handle.slices(block.proj_out, columns=(inner + group_channels).to(device), bias=False),
+    _swap_path(handle, block, paths["mlp_up"], OpenRowsMLP(handle.slices(up, rows=group_channels), open_rows))
+    device = next(down.parameters()).device  # a PEFT layer has no .weight of its own
+    fused = FusedOutput(handle.slices(down, columns=attention_columns.to(device)),
+                        handle.slices(down, columns=(inner + group_channels).to(device), bias=False),
                         len(attention_columns), lambda: call.rows)
-    _swap(handle, block, "proj_out", fused)
+    _swap_path(handle, block, paths["mlp_down"], fused)
 
 
 def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -273,6 +270,19 @@ def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     if skip is not None:
         return [(name, model.get_submodule(name)) for name in skip.kept_block_names()]
     return [(f"{block_list.name}.{index}", block) for block_list in get_layout(model) for index, block in enumerate(block_list.blocks)]
+
+
+def _text_length_recorder(handle: DynamicHandle, model: nn.Module):
+    signature = inspect.signature(model.forward)
+
+    def record(module, args, kwargs):
+        text = signature.bind_partial(*args, **kwargs).arguments.get("encoder_hidden_states")
+        if text is None:
+            raise RuntimeError(f"{type(model).__name__}'s blocks take the joint sequence: dynamic tokens need "
+                               "encoder_hidden_states passed to the model to know which rows are text")
+        handle.text_tokens = text.shape[1]
+
+    return record
 
 
 def apply_dynamic_computation(model: nn.Module, settings: DynamicSettings | None = None, *, width: bool = True,
@@ -288,11 +298,12 @@ def apply_dynamic_computation(model: nn.Module, settings: DynamicSettings | None
     parameter = next(model.parameters())
     for name, block in _blocks(model):
         site = block_site(block)
-        temb_dim = block.norm1.linear.in_features if hasattr(block, "norm1") else block.norm.linear.in_features
         handle.sites[name] = site
-        handle.routers[name.replace(".", "_")] = _Routers(site, temb_dim, settings, width, tokens).to(parameter.device)
+        handle.routers[name.replace(".", "_")] = _Routers(site, site.router_width, settings, width, tokens).to(parameter.device)
     for name, site in handle.sites.items():
         _install_block(handle, name, site)
+    if any(site.text_arg is None for site in handle.sites.values()):
+        handle.hooks.append(model.register_forward_pre_hook(_text_length_recorder(handle, model), with_kwargs=True))
     model.__dict__[_ATTRIBUTE] = handle
     return handle
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .blocks import block_site
 from .patch import _blocks
 
 FORMAT = "blockskip.td_lora"
@@ -80,21 +81,19 @@ def apply_timestep_lora(model: nn.Module, adapter: str = "default") -> TimestepL
     handle = TimestepLoRAHandle(model, adapter)
     device = next(model.parameters()).device
     for block_name, block in _blocks(model):
-        norm = getattr(block, "norm1", None) or getattr(block, "norm")
-        temb_dim = norm.linear.in_features
         layers = list(_lora_layers(block, adapter))
         if not layers:
             continue
-        state = {}
+        site, state = block_site(block), {}
         signature = inspect.signature(block.forward)
 
-        def remember(module, args, kwargs, state=state, signature=signature):
-            state["temb"] = signature.bind_partial(*args, **kwargs).arguments["temb"]
+        def remember(module, args, kwargs, state=state, signature=signature, site=site):
+            state["temb"] = site.router_input(signature.bind_partial(*args, **kwargs).arguments["temb"])
 
         handle.hooks.append(block.register_forward_pre_hook(remember, with_kwargs=True))
         for layer_name, layer in layers:
             key = f"{block_name}.{layer_name}".replace(".", "_")
-            router = nn.Linear(temb_dim, layer.r[adapter]).to(device)
+            router = nn.Linear(site.router_width, layer.r[adapter]).to(device)
             nn.init.zeros_(router.weight)
             nn.init.zeros_(router.bias)
             handle.routers[key] = router

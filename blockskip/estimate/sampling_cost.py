@@ -11,6 +11,7 @@ length, counted on fake tensors (nothing is allocated), against full-resolution 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -144,36 +145,49 @@ class DynamicCost:
         return self.flops / self.dynamic_flops
 
 
-def estimate_dynamic_forward(model: str, target: float, height: int, width: int, text_length: int | None = None) -> DynamicCost:
+def estimate_dynamic_forward(model: str, target: float, height: int, width: int, text_length: int | None = None,
+                             frames: int | None = None) -> DynamicCost:
     """FLOPs of one forward of preset `model` when hard-mode gates keep `target` of the gated share.
 
     The gated share is `blockskip.dynamic`'s own cost model (q/k/v/out projections, the attention
-    matmuls, the image-stream MLP; 2 FLOPs per multiply-add), so the ratio is what the FLOPs
-    penalty's λ buys at inference, before gather overheads.
+    matmuls, the image-stream MLP; 2 FLOPs per multiply-add), summed over the blocks of one fake
+    forward at this shape, so the ratio is what the FLOPs penalty's λ buys at inference, before
+    gather overheads. `frames` is for video models.
 
         >>> cost = estimate_dynamic_forward("FLUX.1-dev", 0.5, 1024, 1024)
         >>> round(cost.gated_flops / cost.flops, 2), round(cost.ratio, 2)
         (0.94, 1.89)
     """
-    from ..dynamic.blocks import block_costs, block_site
+    from ..dynamic.blocks import SUPPORTED_BLOCKS, block_costs, block_site
     from ..families.layouts import get_layout
-    from ..skipping.inspection import model_from_config
 
     preset = get_preset(model)
-    if preset.class_name not in SUPPORTED:
-        raise ValueError(f"dynamic gating is priced for {', '.join(SUPPORTED)}, not {preset.class_name} ({preset.name})")
     if not 0 < target <= 1:
         raise ValueError(f"target must lie in (0, 1], got {target}")
-    text = text_length or preset.text_length
-    image_tokens = (height // 16) * (width // 16)
-    meta = model_from_config(preset.config)
-    gated = 0.0
-    for block_list in get_layout(meta):
-        for block in block_list.blocks:
-            attention, mlp = block_costs(block_site(block), image_tokens, text)
-            gated += 2 * (attention + mlp)
+    shape = StepShape(height=height, width=width, text_length=text_length or preset.text_length, frames=frames)
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
         fake = fake_model(preset.config, torch.bfloat16, mode)
-        full = _forward_flops(fake, StepShape(height=height, width=width, text_length=text), None, False, image_tokens, None,
-                              preset.class_name)
-    return DynamicCost(preset.name, height, width, target, full, gated)
+        blocks = [block for block_list in get_layout(fake) for block in block_list.blocks]
+        unsupported = sorted({type(block).__name__ for block in blocks} - set(SUPPORTED_BLOCKS))
+        if unsupported:
+            raise ValueError(f"dynamic gating is not priced for {preset.class_name} ({preset.name}): its {', '.join(unsupported)} "
+                             f"blocks are not among the supported {', '.join(SUPPORTED_BLOCKS)}")
+        kwargs, _ = training_inputs(fake, shape, torch.bfloat16)
+        model_text = kwargs["encoder_hidden_states"].shape[1] if "encoder_hidden_states" in kwargs else 0
+        gated, hooks = [], []
+        for block in blocks:
+            site, signature = block_site(block), inspect.signature(block.forward)
+
+            def price(module, args, block_kwargs, site=site, signature=signature):
+                tokens = site.call_tokens(signature.bind_partial(*args, **block_kwargs).arguments, model_text)
+                gated.append(2 * sum(block_costs(site, *tokens)))
+
+            hooks.append(block.register_forward_pre_hook(price, with_kwargs=True))
+        counter = FlopCounter()
+        try:
+            with torch.no_grad(), counter:
+                fake(**kwargs)
+        finally:
+            for hook in hooks:
+                hook.remove()
+    return DynamicCost(preset.name, height, width, target, counter.total, sum(gated))
