@@ -336,3 +336,33 @@ def test_estimate_command_prices_the_flops_target(capsys):
     assert "does not combine" in capsys.readouterr().err
     assert main(["estimate", "--model", "sana-600m", "--dynamic-target", "0.5"]) != 0
     assert "SanaTransformerBlock" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", ["FluxTransformer2DModel", "SD3Transformer2DModel", "WanTransformer3DModel"])
+def test_timestep_routers_read_t_alone_on_the_0_to_1000_scale(family):
+    from blockskip.dynamic.model_call import timestep_features
+
+    case = build_tiny(family)
+    stock = run(case)
+    handle = apply_dynamic_width(case.model, DynamicSettings(router_input="timestep", timestep_width=16))
+    assert torch.allclose(run(case), stock, atol=1e-5)  # routers start open
+    with torch.no_grad():
+        for routers in handle.routers.values():
+            routers.heads.weight.normal_(generator=torch.Generator().manual_seed(4))
+            routers.heads.bias.zero_()
+    inputs = case.inputs(seed=0, batch=2)
+    other_prompt = {key: (value + 1.0 if key in ("encoder_hidden_states", "pooled_projections") else value) for key, value in inputs.items()}
+    masks = []
+    for kwargs in (inputs, other_prompt):
+        run_with(case, kwargs)
+        masks.append(torch.stack([call.heads for call in handle.calls.values()]))
+    assert torch.equal(masks[0], masks[1]) and 0 < masks[0].mean() < 1  # the prompt does not move the masks
+    scale = 1000.0 if family == "FluxTransformer2DModel" else 1.0
+    assert torch.allclose(handle.model_call.features, timestep_features(inputs["timestep"].float() * scale, 16))
+    later = dict(inputs, timestep=inputs["timestep"].flip(0))
+    run_with(case, later)
+    assert torch.equal(torch.stack([call.heads for call in handle.calls.values()]), masks[0].flip(1))  # per sample, by t
+    handle.remove()
+    assert torch.equal(run(case), stock)
+    with pytest.raises(DynamicSettingsError, match="router_input"):
+        DynamicSettings(router_input="prompt")

@@ -51,6 +51,7 @@ class Row:
     name: str
     target: float | None  # λ; None: no routers
     adapter: str | None  # "lora", "td-lora" or None: the pretrained model as it is
+    router_input: str = "temb"  # what the width routers read: the block's temb, or the timestep alone
 
 
 ROWS = (
@@ -60,6 +61,7 @@ ROWS = (
     Row("DyDiT λ=0.7 + TD-LoRA", 0.7, "td-lora"),
     Row("DyDiT λ=0.5 + LoRA", 0.5, "lora"),
     Row("DyDiT λ=0.5 + TD-LoRA", 0.5, "td-lora"),
+    Row("DyDiT λ=0.5, t-only routers + LoRA", 0.5, "lora", router_input="timestep"),
 )
 
 
@@ -76,7 +78,8 @@ def prepare(base, row: Row, args):
         trainable += list(apply_timestep_lora(model).parameters())
     routers = None
     if row.target is not None:
-        settings = DynamicSettings(target=row.target, hold_steps=args.steps // 10, ramp_steps=args.steps // 2)
+        settings = DynamicSettings(target=row.target, hold_steps=args.steps // 10, ramp_steps=args.steps // 2,
+                                   router_input=row.router_input)
         routers = apply_dynamic_computation(model, settings)
         trainable += list(routers.parameters())
     return model, routers, trainable

@@ -1,8 +1,9 @@
 """DyDiT's dynamic computation as a reversible patch on the kept blocks of a diffusers transformer.
 
 - **Timestep-wise dynamic width** (`width=True`): per block, two routers read the block's `temb`
-  and open or close each attention head and each MLP channel group. Head 0 and group 0 are always
-  open, as in DyDiT.
+  (or, with `DynamicSettings(router_input="timestep")`, features of the timestep alone) and open
+  or close each attention head and each MLP channel group. Head 0 and group 0 are always open,
+  as in DyDiT.
 - **Spatial-wise dynamic tokens** (`tokens=True`): per block, a router reads each image token's
   MLP input and lets closed tokens bypass the MLP.
 
@@ -37,6 +38,7 @@ from ..skipping.skip import get_block_skip
 from .blocks import BlockSite, block_costs, block_site
 from .gates import gate
 from .hard import FusedOutput, GatheredMLP, OpenRowsMLP, SliceCache, channel_index, has_hooked_lora, head_slices
+from .model_call import ModelCall, call_recorder
 from .settings import DynamicSettings
 
 _ATTRIBUTE = "_blockskip_dynamic"
@@ -83,7 +85,7 @@ class DynamicHandle:
     hooks: list = field(default_factory=list)
     swapped: list = field(default_factory=list)  # (module, attribute, original) while a block runs hard
     slices: SliceCache = field(default_factory=SliceCache)
-    text_tokens: int = 0  # of the model's current call, for blocks that take the joint sequence
+    model_call: ModelCall = field(default_factory=ModelCall)  # text length and timestep features of the current call
 
     def parameters(self):
         return self.routers.parameters()
@@ -144,8 +146,9 @@ def _install_block(handle: DynamicHandle, name: str, site: BlockSite) -> None:
 
     def begin(module, args, kwargs):
         bound = signature.bind_partial(*args, **kwargs).arguments  # gradient checkpointing passes them positionally
-        condition = site.router_input(bound["temb"])
-        image_tokens, text_tokens = site.call_tokens(bound, handle.text_tokens)
+        timestep_routers = handle.settings.router_input == "timestep"
+        condition = handle.model_call.features if timestep_routers else site.router_input(bound["temb"])
+        image_tokens, text_tokens = site.call_tokens(bound, handle.model_call.text_tokens)
         call = _Call(costs=block_costs(site, image_tokens, text_tokens), text_tokens=text_tokens)
         if handle.width:
             call.heads = _gates(routers.heads(condition), handle, always_open=True)
@@ -272,19 +275,6 @@ def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(f"{block_list.name}.{index}", block) for block_list in get_layout(model) for index, block in enumerate(block_list.blocks)]
 
 
-def _text_length_recorder(handle: DynamicHandle, model: nn.Module):
-    signature = inspect.signature(model.forward)
-
-    def record(module, args, kwargs):
-        text = signature.bind_partial(*args, **kwargs).arguments.get("encoder_hidden_states")
-        if text is None:
-            raise RuntimeError(f"{type(model).__name__}'s blocks take the joint sequence: dynamic tokens need "
-                               "encoder_hidden_states passed to the model to know which rows are text")
-        handle.text_tokens = text.shape[1]
-
-    return record
-
-
 def apply_dynamic_computation(model: nn.Module, settings: DynamicSettings | None = None, *, width: bool = True,
                               tokens: bool = True) -> DynamicHandle:
     """Gate heads and MLP groups by timestep (`width`) and MLP tokens by content (`tokens`) in the
@@ -299,11 +289,15 @@ def apply_dynamic_computation(model: nn.Module, settings: DynamicSettings | None
     for name, block in _blocks(model):
         site = block_site(block)
         handle.sites[name] = site
-        handle.routers[name.replace(".", "_")] = _Routers(site, site.router_width, settings, width, tokens).to(parameter.device)
+        router_width = settings.timestep_width if settings.router_input == "timestep" else site.router_width
+        handle.routers[name.replace(".", "_")] = _Routers(site, router_width, settings, width, tokens).to(parameter.device)
     for name, site in handle.sites.items():
         _install_block(handle, name, site)
-    if any(site.text_arg is None for site in handle.sites.values()):
-        handle.hooks.append(model.register_forward_pre_hook(_text_length_recorder(handle, model), with_kwargs=True))
+    joint_input = any(site.text_arg is None for site in handle.sites.values())  # its text length comes from the model call
+    timestep_width = settings.timestep_width if width and settings.router_input == "timestep" else None
+    if joint_input or timestep_width:
+        recorder = call_recorder(model, handle.model_call, text=joint_input, timestep_width=timestep_width)
+        handle.hooks.append(model.register_forward_pre_hook(recorder, with_kwargs=True))
     model.__dict__[_ATTRIBUTE] = handle
     return handle
 

@@ -20,7 +20,10 @@ class DynamicSettingsError(ValueError):
 class DynamicSettings:
     """`target` is λ, the share of the kept blocks' attention and MLP FLOPs to spend; it is held at
     1.0 for `hold_steps`, then ramps linearly to `target` over `ramp_steps`. `loss_weight` scales
-    (mean FLOPs ratio − λ)². Routers start open (`width_bias`, `token_bias`: large logits)."""
+    (mean FLOPs ratio − λ)². Routers start open (`width_bias`, `token_bias`: large logits).
+    `router_input` is what the width routers read: "temb", the block's conditioning (timestep,
+    guidance and pooled text), or "timestep", `timestep_width` sinusoidal features of t alone (as
+    DyDiT; the masks then depend only on t)."""
 
     target: float = 0.7
     tau: float = 5.0
@@ -31,6 +34,8 @@ class DynamicSettings:
     loss_weight: float = 2.0
     hold_steps: int = 100
     ramp_steps: int = 5000
+    router_input: str = "temb"
+    timestep_width: int = 256
 
     def __post_init__(self):
         problems = []
@@ -40,6 +45,10 @@ class DynamicSettings:
             problems.append(f"tau must be positive, got {self.tau}")
         if not 0 < self.threshold < 1:
             problems.append(f"threshold must lie in (0, 1), got {self.threshold}")
+        if self.router_input not in ("temb", "timestep"):
+            problems.append(f"router_input must be 'temb' or 'timestep', got {self.router_input!r}")
+        if self.timestep_width < 2 or self.timestep_width % 2:
+            problems.append(f"timestep_width must be an even number >= 2, got {self.timestep_width}")
         if self.hold_steps < 0 or self.ramp_steps < 0 or self.token_hidden_ratio < 1:
             problems.append("hold_steps and ramp_steps must be >= 0 and token_hidden_ratio >= 1")
         if problems:
