@@ -9,7 +9,7 @@ from blockskip import apply_block_skip, get_block_skip, remove_block_skip
 from blockskip.dynamic import DynamicSettings, DynamicSettingsError, apply_dynamic_computation, apply_dynamic_tokens, apply_dynamic_width
 
 FAMILIES = ["FluxTransformer2DModel", "SD3Transformer2DModel", "QwenImageTransformer2DModel", "HunyuanVideoTransformer3DModel",
-            "ChromaTransformer2DModel", "CogVideoXTransformer3DModel", "WanTransformer3DModel"]
+            "ChromaTransformer2DModel", "CogVideoXTransformer3DModel", "WanTransformer3DModel", "AuraFlowTransformer2DModel"]
 
 
 def run(case, seed=0, batch=2):

@@ -8,12 +8,13 @@ through forward hooks:
 
 - heads: the attention output is multiplied per head before the output projection. In blocks
   with joint attention and two streams (FLUX and Chroma double blocks, SD3, QwenImage,
-  HunyuanVideo) that is `to_out` and `to_add_out`, one mask for both streams. In CogVideoX it is
-  the joint `to_out`, and in Wan the self-attention's `to_out`; its cross-attention runs in
+  HunyuanVideo, AuraFlow) that is `to_out` and `to_add_out`, one mask for both streams. In
+  CogVideoX and AuraFlow's single blocks it is the joint `to_out`, and in Wan the self-attention's `to_out`; its cross-attention runs in
   full. In fused single blocks (FLUX, Chroma, HunyuanVideo) it is the attention part of
   `proj_out`'s input.
 - MLP groups: the MLP's hidden activations are multiplied per group before its last Linear.
-  GELU(0) = 0, so gating after the activation equals gating before it. In single blocks this is
+  GELU(0) = 0 (and SiLU(0)·b = 0 in AuraFlow's SwiGLU), so gating after the activation equals
+  gating before it. In single blocks this is
   the MLP part of `proj_out`'s input. A separate text-stream MLP (`ff_context`, `txt_mlp`) runs
   at full width.
 - tokens: an image token's MLP output is multiplied by its 0/1 gate, so a closed token bypasses
@@ -27,8 +28,8 @@ read its mean over the tokens, since a width choice serves a whole sample.
 
 Not supported, and refused by name: Sana (its MLP is a convolution over the image, so a token
 cannot bypass it alone), FLUX.2 (fused q/k/v/MLP projection), LTX-Video (rotary embedding over
-the flattened heads, after the q/k norm, so heads cannot be cut at a module boundary), Lumina2
-and AuraFlow (gated SwiGLU MLPs).
+the flattened heads, after the q/k norm, so heads cannot be cut at a module boundary) and
+Lumina2 (a joint sequence whose text length differs per sample, padded at the end).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class _BlockLayout:
     attention: str = "attn"
     head_outputs: tuple[str, ...] = ("attn.to_out.0", "attn.to_add_out")  # double only; absent ones are skipped
     mlp: str = "ff"  # double: the MLP module; single: proj_mlp
-    mlp_up: str = "ff.net.0.proj"  # its first Linear (rows per group); single: proj_mlp
+    mlp_up: tuple[str, ...] = ("ff.net.0.proj",)  # its input Linears (rows per group; two in SwiGLU); single: proj_mlp
     mlp_down: str = "ff.net.2"  # its last Linear (columns per group); single: proj_out
     joint_attention: bool = True  # the attention runs over image and text tokens together
     text_in_mlp: str | None = None  # "first" / "last": the MLP's input holds the text rows there too
@@ -67,13 +68,14 @@ def _modulation_table(block: nn.Module) -> int:  # a block that adds `temb` to i
     return block.scale_shift_table.numel()
 
 
-_SINGLE = dict(kind="single", mlp="proj_mlp", mlp_up="proj_mlp", mlp_down="proj_out")
+_SINGLE = dict(kind="single", mlp="proj_mlp", mlp_up=("proj_mlp",), mlp_down="proj_out")
+_SWIGLU = dict(mlp_up=("ff.linear_1", "ff.linear_2"), mlp_down="ff.out_projection")
 
 _LAYOUTS: dict[str, _BlockLayout] = {
     "FluxTransformerBlock": _BlockLayout("double", _linear_input("norm1.linear")),
     "FluxSingleTransformerBlock": _BlockLayout(router_width=_linear_input("norm.linear"), text_in_mlp="first", **_SINGLE),
     "JointTransformerBlock": _BlockLayout("double", _linear_input("norm1.linear")),
-    "QwenImageTransformerBlock": _BlockLayout("double", _linear_input("img_mod.1"), mlp="img_mlp", mlp_up="img_mlp.net.0.proj",
+    "QwenImageTransformerBlock": _BlockLayout("double", _linear_input("img_mod.1"), mlp="img_mlp", mlp_up=("img_mlp.net.0.proj",),
                                               mlp_down="img_mlp.net.2"),
     "HunyuanVideoTransformerBlock": _BlockLayout("double", _linear_input("norm1.linear")),
     "HunyuanVideoSingleTransformerBlock": _BlockLayout(router_width=_linear_input("norm.linear"), text_in_mlp="last", **_SINGLE),
@@ -83,7 +85,10 @@ _LAYOUTS: dict[str, _BlockLayout] = {
     "CogVideoXBlock": _BlockLayout("double", _linear_input("norm1.linear"), attention="attn1", head_outputs=("attn1.to_out.0",),
                                    text_in_mlp="first"),
     "WanTransformerBlock": _BlockLayout("double", _modulation_table, attention="attn1", head_outputs=("attn1.to_out.0",),
-                                        mlp="ffn", mlp_up="ffn.net.0.proj", mlp_down="ffn.net.2", joint_attention=False),
+                                        mlp="ffn", mlp_up=("ffn.net.0.proj",), mlp_down="ffn.net.2", joint_attention=False),
+    "AuraFlowJointTransformerBlock": _BlockLayout("double", _linear_input("norm1.linear"), **_SWIGLU),
+    "AuraFlowSingleTransformerBlock": _BlockLayout("double", _linear_input("norm1.linear"), head_outputs=("attn.to_out.0",),
+                                                   text_in_mlp="first", **_SWIGLU),
 }
 SUPPORTED_BLOCKS = tuple(_LAYOUTS)
 
@@ -96,6 +101,7 @@ class BlockSite:
     head_dim: int
     width: int  # model width D
     mlp_width: int
+    mlp_matrices: int  # the MLP's weight matrices a token runs through: 2 (GELU, single blocks) or 3 (SwiGLU)
     attention: nn.Module  # the gated (self or joint) attention
     head_outputs: tuple[nn.Module, ...]  # layers whose input is the concatenated head outputs (double)
     mlp_module: nn.Module  # the image-stream MLP (double) / proj_mlp (single)
@@ -152,15 +158,16 @@ def block_site(block: nn.Module) -> BlockSite:
     attn = block.get_submodule(layout.attention)
     heads = attn.heads
     head_dim = attn.to_q.out_features // heads
-    up, down = block.get_submodule(layout.mlp_up), block.get_submodule(layout.mlp_down)
-    mlp_width = up.out_features
-    if layout.kind == "double" and down.in_features != mlp_width:
-        raise TypeError(f"{name}'s MLP is gated (GEGLU/SwiGLU-style: {up.out_features} -> {down.in_features}); "
-                        "dynamic width supports plain GELU MLPs")
+    ups, down = [block.get_submodule(path) for path in layout.mlp_up], block.get_submodule(layout.mlp_down)
+    mlp_width = ups[0].out_features
+    if layout.kind == "double" and any(up.out_features != down.in_features for up in ups):
+        raise TypeError(f"{name}'s MLP fuses its gate into one input layer ({ups[0].out_features} -> {down.in_features}); "
+                        "dynamic width needs one input Linear per hidden channel set")
     head_outputs = tuple(path for path in layout.head_outputs if _optional(block, path) is not None) if layout.kind == "double" else ()
     io = block_io_for(block)
     paths = {"head_outputs": head_outputs, "mlp": layout.mlp, "mlp_up": layout.mlp_up, "mlp_down": layout.mlp_down}
     return BlockSite(block, layout.kind, heads=heads, head_dim=head_dim, width=down.out_features, mlp_width=mlp_width,
+                     mlp_matrices=len(ups) + 1,
                      attention=attn, head_outputs=tuple(block.get_submodule(path) for path in head_outputs),
                      mlp_module=block.get_submodule(layout.mlp), mlp_output=down, paths=paths,
                      router_width=layout.router_width(block), joint_attention=layout.joint_attention,
@@ -186,5 +193,5 @@ def block_costs(site: BlockSite, image_tokens: int, text_tokens: int) -> tuple[f
     tokens = image_tokens + text_tokens if site.joint_attention else image_tokens
     inner = site.heads * site.head_dim
     attention = 4 * tokens * site.width * inner + 2 * tokens * tokens * inner
-    mlp = 2 * image_tokens * site.width * site.mlp_width
+    mlp = site.mlp_matrices * image_tokens * site.width * site.mlp_width
     return float(attention), float(mlp)

@@ -247,20 +247,21 @@ def _swap_in_slices(handle: DynamicHandle, site: BlockSite, call: _Call, routers
         call.rows = site.with_text_rows(call.tokens[..., 0] > 0, call.text_tokens, True)
         return call.rows
 
-    up, down = block.get_submodule(paths["mlp_up"]), block.get_submodule(paths["mlp_down"])
+    ups, down = [block.get_submodule(path) for path in paths["mlp_up"]], block.get_submodule(paths["mlp_down"])
     if site.kind == "double":
         if call.heads is not None:
             for path in paths["head_outputs"]:
                 _swap_path(handle, block, path, handle.slices(block.get_submodule(path), columns=head_channels))
         if call.groups is not None:
-            _swap_path(handle, block, paths["mlp_up"], handle.slices(up, rows=group_channels))
+            for path, up in zip(paths["mlp_up"], ups):
+                _swap_path(handle, block, path, handle.slices(up, rows=group_channels))
             _swap_path(handle, block, paths["mlp_down"], handle.slices(down, columns=group_channels))
         if handle.tokens:
             _swap_path(handle, block, paths["mlp"], GatheredMLP(site.mlp_module, open_rows))
         return
     call.rows = None
     attention_columns = head_channels if call.heads is not None else torch.arange(inner)
-    _swap_path(handle, block, paths["mlp_up"], OpenRowsMLP(handle.slices(up, rows=group_channels), open_rows))
+    _swap_path(handle, block, paths["mlp_up"][0], OpenRowsMLP(handle.slices(ups[0], rows=group_channels), open_rows))
     device = next(down.parameters()).device  # a PEFT layer has no .weight of its own
     fused = FusedOutput(handle.slices(down, columns=attention_columns.to(device)),
                         handle.slices(down, columns=(inner + group_channels).to(device), bias=False),
