@@ -9,7 +9,8 @@ from blockskip import apply_block_skip, get_block_skip, remove_block_skip
 from blockskip.dynamic import DynamicSettings, DynamicSettingsError, apply_dynamic_computation, apply_dynamic_tokens, apply_dynamic_width
 
 FAMILIES = ["FluxTransformer2DModel", "SD3Transformer2DModel", "QwenImageTransformer2DModel", "HunyuanVideoTransformer3DModel",
-            "ChromaTransformer2DModel", "CogVideoXTransformer3DModel", "WanTransformer3DModel", "AuraFlowTransformer2DModel"]
+            "ChromaTransformer2DModel", "CogVideoXTransformer3DModel", "WanTransformer3DModel", "AuraFlowTransformer2DModel",
+            "LTXVideoTransformer3DModel"]
 
 
 def run(case, seed=0, batch=2):
@@ -306,13 +307,14 @@ def test_timestep_lora_on_every_family_starts_static_and_follows_the_timestep(fa
 
 
 def test_unsupported_blocks_are_refused_by_name():
-    for family, block in (("LTXVideoTransformer3DModel", "LTXVideoTransformerBlock"), ("Lumina2Transformer2DModel", "Lumina2TransformerBlock")):
+    for family, block in (("SanaTransformer2DModel", "SanaTransformerBlock"), ("Lumina2Transformer2DModel", "Lumina2TransformerBlock")):
         with pytest.raises(TypeError, match=f"not {block}"):
             apply_dynamic_computation(build_tiny(family).model)
 
 
 @pytest.mark.parametrize("preset, height, width, frames", [("qwen-image", 512, 512, None), ("chroma", 512, 512, None),
-                                                            ("wan2.1-1.3b", 256, 256, 5), ("cogvideox-2b", 480, 720, 9)])
+                                                            ("wan2.1-1.3b", 256, 256, 5), ("cogvideox-2b", 480, 720, 9),
+                                                            ("ltx-video", 256, 256, 9)])
 def test_estimator_prices_the_other_supported_families(preset, height, width, frames):
     from blockskip.estimate.sampling_cost import estimate_dynamic_forward
 

@@ -9,9 +9,9 @@ through forward hooks:
 - heads: the attention output is multiplied per head before the output projection. In blocks
   with joint attention and two streams (FLUX and Chroma double blocks, SD3, QwenImage,
   HunyuanVideo, AuraFlow) that is `to_out` and `to_add_out`, one mask for both streams. In
-  CogVideoX and AuraFlow's single blocks it is the joint `to_out`, and in Wan the self-attention's `to_out`; its cross-attention runs in
-  full. In fused single blocks (FLUX, Chroma, HunyuanVideo) it is the attention part of
-  `proj_out`'s input.
+  CogVideoX and AuraFlow's single blocks it is the joint `to_out`, and in Wan and LTX the
+  self-attention's `to_out`; their cross-attention runs in full. In fused single blocks (FLUX,
+  Chroma, HunyuanVideo) it is the attention part of `proj_out`'s input.
 - MLP groups: the MLP's hidden activations are multiplied per group before its last Linear.
   GELU(0) = 0 (and SiLU(0)·b = 0 in AuraFlow's SwiGLU), so gating after the activation equals
   gating before it. In single blocks this is
@@ -23,13 +23,12 @@ through forward hooks:
   `proj_out` input is dropped; its attention output still passes.
 
 The routers read the block's `temb`. Where that is a table of modulation rows (Wan, Chroma;
-(B, rows, D)) they read it flattened. Where it is per token (Wan 2.2 TI2V; (B, N, rows, D)) they
-read its mean over the tokens, since a width choice serves a whole sample.
+(B, rows, D)) they read it flattened. Where it is per token (Wan 2.2 TI2V's (B, N, rows, D), LTX's
+(B, N, 6·D)) they read its mean over the tokens, since a width choice serves a whole sample.
 
 Not supported, and refused by name: Sana (its MLP is a convolution over the image, so a token
-cannot bypass it alone), FLUX.2 (fused q/k/v/MLP projection), LTX-Video (rotary embedding over
-the flattened heads, after the q/k norm, so heads cannot be cut at a module boundary) and
-Lumina2 (a joint sequence whose text length differs per sample, padded at the end).
+cannot bypass it alone), FLUX.2 (fused q/k/v/MLP projection) and Lumina2 (a joint sequence
+whose text length differs per sample, padded at the end).
 """
 
 from __future__ import annotations
@@ -54,6 +53,8 @@ class _BlockLayout:
     mlp_down: str = "ff.net.2"  # its last Linear (columns per group); single: proj_out
     joint_attention: bool = True  # the attention runs over image and text tokens together
     text_in_mlp: str | None = None  # "first" / "last": the MLP's input holds the text rows there too
+    temb_per_token: bool = False  # `temb` is (B, N, C), one row per token (LTX); (B, 1, C) without per-token timesteps
+    rope_on_heads: bool = False  # the attention's `image_rotary_emb` spans the flattened heads' channels (LTX)
 
 
 def _linear_input(path: str) -> Callable[[nn.Module], int]:
@@ -89,6 +90,8 @@ _LAYOUTS: dict[str, _BlockLayout] = {
     "AuraFlowJointTransformerBlock": _BlockLayout("double", _linear_input("norm1.linear"), **_SWIGLU),
     "AuraFlowSingleTransformerBlock": _BlockLayout("double", _linear_input("norm1.linear"), head_outputs=("attn.to_out.0",),
                                                    text_in_mlp="first", **_SWIGLU),
+    "LTXVideoTransformerBlock": _BlockLayout("double", _modulation_table, attention="attn1", head_outputs=("attn1.to_out.0",),
+                                             joint_attention=False, temb_per_token=True, rope_on_heads=True),
 }
 SUPPORTED_BLOCKS = tuple(_LAYOUTS)
 
@@ -110,6 +113,8 @@ class BlockSite:
     router_width: int
     joint_attention: bool
     text_in_mlp: str | None
+    temb_per_token: bool
+    rope_on_heads: bool
     image_arg: str  # the forward arguments that carry the streams (`BlockIO`)
     text_arg: str | None  # None: the block takes the joint sequence, text first (Chroma single blocks)
 
@@ -119,7 +124,7 @@ class BlockSite:
 
     def router_input(self, temb: torch.Tensor) -> torch.Tensor:
         """The block's `temb` as one (B, router_width) vector per sample (see the module docs)."""
-        if temb.ndim == 4:  # per-token conditioning (B, N, rows, D): its mean over the tokens
+        if temb.ndim == 4 or (self.temb_per_token and temb.ndim == 3):  # per-token conditioning: its mean over the tokens
             temb = temb.float().mean(dim=1)
         return temb.float().flatten(1)
 
@@ -171,7 +176,8 @@ def block_site(block: nn.Module) -> BlockSite:
                      attention=attn, head_outputs=tuple(block.get_submodule(path) for path in head_outputs),
                      mlp_module=block.get_submodule(layout.mlp), mlp_output=down, paths=paths,
                      router_width=layout.router_width(block), joint_attention=layout.joint_attention,
-                     text_in_mlp=layout.text_in_mlp, image_arg=io.image_arg, text_arg=io.text_arg)
+                     text_in_mlp=layout.text_in_mlp, temb_per_token=layout.temb_per_token, rope_on_heads=layout.rope_on_heads,
+                     image_arg=io.image_arg, text_arg=io.text_arg)
 
 
 def _optional(block: nn.Module, path: str) -> nn.Module | None:

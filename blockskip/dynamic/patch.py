@@ -69,6 +69,7 @@ class _Call:
     tokens: torch.Tensor | None = None  # (B, N_img, 1)
     text_tokens: int = 0
     rows: torch.Tensor | None = None  # hard mode, FLUX single blocks: which joint-sequence rows run the MLP
+    head_channels: torch.Tensor | None = None  # hard mode: the open heads' channels, where the rotary embedding is cut to them
 
 
 @dataclass
@@ -169,6 +170,8 @@ def _install_block(handle: DynamicHandle, name: str, site: BlockSite) -> None:
 
     handle.hooks.append(site.block.register_forward_pre_hook(begin, with_kwargs=True))
     handle.hooks.append(site.block.register_forward_hook(end))
+    if site.rope_on_heads:
+        handle.hooks.append(site.attention.register_forward_pre_hook(_rotary_cutter(handle, name), with_kwargs=True))
     inner = site.heads * site.head_dim
     if site.kind == "double":
         def gate_heads(module, args):
@@ -213,6 +216,26 @@ def _install_block(handle: DynamicHandle, name: str, site: BlockSite) -> None:
     handle.hooks.append(site.mlp_output.register_forward_pre_hook(gate_fused))
 
 
+def _rotary_cutter(handle: DynamicHandle, name: str):
+    """A pre-hook cutting `image_rotary_emb` (cos, sin over the flattened heads) to the open heads'
+    channels in hard mode. The embedding rotates channel pairs within a head, so rotating the cut
+    q and k equals cutting the rotated ones."""
+
+    def cut(module, args, kwargs):
+        channels = handle.calls[name].head_channels
+        if channels is None:
+            return None
+        if kwargs.get("image_rotary_emb") is None:
+            if len(args) > 3:
+                raise RuntimeError(f"hard mode cuts {name}'s rotary embedding by keyword; it was passed positionally")
+            return None
+        cos, sin = kwargs["image_rotary_emb"]
+        channels = channels.to(cos.device)
+        return args, {**kwargs, "image_rotary_emb": (cos[..., channels], sin[..., channels])}
+
+    return cut
+
+
 def _swap(handle: DynamicHandle, module: nn.Module, attribute: str, replacement) -> None:
     """Set `module.attribute` (a layer, or a count such as `heads`) for this call; `restore` puts it back."""
     handle.swapped.append((module, attribute, getattr(module, attribute)))
@@ -239,6 +262,7 @@ def _swap_in_slices(handle: DynamicHandle, site: BlockSite, call: _Call, routers
     if call.heads is not None:
         for module, attribute, replacement in head_slices(site.attention, handle.slices, head_channels, inner, site.head_dim):
             _swap(handle, module, attribute, replacement)
+        call.head_channels = head_channels if site.rope_on_heads else None
 
     def open_rows(hidden):  # the MLP's rows that run: the open image tokens and any text rows
         if not handle.tokens:
