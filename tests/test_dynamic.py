@@ -10,7 +10,13 @@ from blockskip.dynamic import DynamicSettings, DynamicSettingsError, apply_dynam
 
 FAMILIES = ["FluxTransformer2DModel", "SD3Transformer2DModel", "QwenImageTransformer2DModel", "HunyuanVideoTransformer3DModel",
             "ChromaTransformer2DModel", "CogVideoXTransformer3DModel", "WanTransformer3DModel", "AuraFlowTransformer2DModel",
-            "LTXVideoTransformer3DModel"]
+            "LTXVideoTransformer3DModel", "SanaTransformer2DModel"]
+WIDTH_ONLY = {"SanaTransformer2DModel"}  # its MLP is a depthwise convolution: no token can bypass it alone
+
+
+def patch_all(case, settings=None):
+    """Dynamic width, and dynamic tokens where the family has them."""
+    return apply_dynamic_computation(case.model, settings, tokens=case.name not in WIDTH_ONLY)
 
 
 def run(case, seed=0, batch=2):
@@ -22,7 +28,7 @@ def run(case, seed=0, batch=2):
 def test_open_gates_leave_the_model_exact_and_removal_is_bit_identical(family):
     case = build_tiny(family)
     stock = run(case)
-    handle = apply_dynamic_computation(case.model)
+    handle = patch_all(case)
     handle.force_open = True
     assert torch.allclose(run(case), stock, atol=1e-5)
     handle.force_open = False  # routers start open (large biases): the eval-mode gates are all 1
@@ -36,11 +42,13 @@ def test_open_gates_leave_the_model_exact_and_removal_is_bit_identical(family):
 def test_closed_gates_cut_the_counted_flops_and_change_the_output(family):
     case = build_tiny(family)
     stock = run(case)
-    handle = apply_dynamic_computation(case.model)
+    handle = patch_all(case)
     with torch.no_grad():
         for routers in handle.routers.values():
             routers.heads.bias.fill_(-50.0)  # every head but head 0 closed
-            routers.tokens[2].bias.fill_(-50.0)  # every image token bypasses the MLP
+            routers.groups.bias.fill_(-50.0)  # and every MLP group but group 0
+            if hasattr(routers, "tokens"):
+                routers.tokens[2].bias.fill_(-50.0)  # every image token bypasses the MLP
     gated = run(case)
     ratio = handle.flops_ratio()
     assert not torch.allclose(gated, stock, atol=1e-3)
@@ -78,7 +86,7 @@ def test_composes_with_block_skipping_on_the_kept_blocks_only(family):
     case = build_tiny(family)
     skip = apply_block_skip(case.model, {"skip": {"leading": 1, "trailing": 1}})
     skipped_stock = run(case)
-    handle = apply_dynamic_computation(case.model)
+    handle = patch_all(case)
     assert sorted(handle.sites) == sorted(skip.kept_block_names())
     assert torch.allclose(run(case), skipped_stock, atol=1e-5)  # open gates: the skipped model unchanged
     handle.remove()
@@ -92,7 +100,9 @@ def test_refusals():
         apply_dynamic_tokens(case.model)
     handle.remove()
     with pytest.raises(TypeError, match="support FluxTransformerBlock"):
-        apply_dynamic_width(build_tiny("SanaTransformer2DModel").model)
+        apply_dynamic_width(build_tiny("Flux2Transformer2DModel").model)
+    with pytest.raises(TypeError, match="depthwise convolution"):
+        apply_dynamic_tokens(build_tiny("SanaTransformer2DModel").model)
     with pytest.raises(DynamicSettingsError, match="target"):
         DynamicSettings(target=1.5)
 
@@ -102,9 +112,10 @@ def close_some_gates(handle):
         for routers in handle.routers.values():
             routers.heads.bias[::2] = -50.0  # half of the optional heads closed
             routers.groups.bias[1::2] = -50.0
-            routers.tokens[2].weight.zero_()
-            routers.tokens[2].bias.fill_(0.0)
-            routers.tokens[0].bias.normal_(generator=torch.Generator().manual_seed(0))  # token gates differ per token
+            if hasattr(routers, "tokens"):
+                routers.tokens[2].weight.zero_()
+                routers.tokens[2].bias.fill_(0.0)
+                routers.tokens[0].bias.normal_(generator=torch.Generator().manual_seed(0))  # token gates differ per token
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -112,7 +123,7 @@ def test_hard_mode_computes_only_what_is_open_and_matches_the_gated_model(family
     from blockskip.estimate.accounting import FlopCounter
 
     case = build_tiny(family)
-    handle = apply_dynamic_computation(case.model)
+    handle = patch_all(case)
     close_some_gates(handle)
     inputs = case.inputs(batch=1)
     with torch.no_grad():
@@ -124,7 +135,8 @@ def test_hard_mode_computes_only_what_is_open_and_matches_the_gated_model(family
         with hard_flops:
             hard = case.output(case.model(**inputs))
     assert torch.allclose(hard, gated, atol=1e-5)
-    assert hard_flops.total < 0.85 * soft_flops.total and torch.isfinite(handle.flops_ratio()).all()
+    saving = 0.9 if family in WIDTH_ONLY else 0.85  # half the heads and groups; tokens too where they can be gated
+    assert hard_flops.total < saving * soft_flops.total and torch.isfinite(handle.flops_ratio()).all()
     assert not handle.swapped and all(type(site.attention.to_q).__name__ == "Linear" for site in handle.sites.values())
     with pytest.raises(RuntimeError, match="hard mode is for inference"):
         case.model.train()
@@ -280,8 +292,8 @@ def test_estimator_prices_the_flops_target_with_the_gates_cost_model():
     half = estimate_dynamic_forward("FLUX.1-dev", 0.5, 512, 512)
     assert full.ratio == pytest.approx(1.0) and 1.5 < half.ratio < 2.0
     assert 0.7 < half.gated_flops / half.flops < 1.0  # embedders, norms and the text stream's MLPs are not gated
-    with pytest.raises(ValueError, match="not priced for SanaTransformer2DModel"):
-        estimate_dynamic_forward("sana-600m", 0.5, 1024, 1024)
+    with pytest.raises(ValueError, match="not priced for Flux2Transformer2DModel"):
+        estimate_dynamic_forward("flux.2-dev", 0.5, 1024, 1024)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -307,14 +319,14 @@ def test_timestep_lora_on_every_family_starts_static_and_follows_the_timestep(fa
 
 
 def test_unsupported_blocks_are_refused_by_name():
-    for family, block in (("SanaTransformer2DModel", "SanaTransformerBlock"), ("Lumina2Transformer2DModel", "Lumina2TransformerBlock")):
+    for family, block in (("Flux2Transformer2DModel", "Flux2TransformerBlock"), ("Lumina2Transformer2DModel", "Lumina2TransformerBlock")):
         with pytest.raises(TypeError, match=f"not {block}"):
             apply_dynamic_computation(build_tiny(family).model)
 
 
 @pytest.mark.parametrize("preset, height, width, frames", [("qwen-image", 512, 512, None), ("chroma", 512, 512, None),
                                                             ("wan2.1-1.3b", 256, 256, 5), ("cogvideox-2b", 480, 720, 9),
-                                                            ("ltx-video", 256, 256, 9)])
+                                                            ("ltx-video", 256, 256, 9), ("sana-600m", 512, 512, None)])
 def test_estimator_prices_the_other_supported_families(preset, height, width, frames):
     from blockskip.estimate.sampling_cost import estimate_dynamic_forward
 
@@ -336,8 +348,8 @@ def test_estimate_command_prices_the_flops_target(capsys):
     assert "estimated" in capsys.readouterr().out
     assert main(["estimate", "--model", "qwen-image", "--dynamic-target", "0.5", "--ralu", "4x"]) != 0
     assert "does not combine" in capsys.readouterr().err
-    assert main(["estimate", "--model", "sana-600m", "--dynamic-target", "0.5"]) != 0
-    assert "SanaTransformerBlock" in capsys.readouterr().err
+    assert main(["estimate", "--model", "lumina-image-2.0", "--dynamic-target", "0.5"]) != 0
+    assert "Lumina2TransformerBlock" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("family", ["FluxTransformer2DModel", "SD3Transformer2DModel", "WanTransformer3DModel"])

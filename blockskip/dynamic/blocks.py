@@ -26,9 +26,12 @@ The routers read the block's `temb`. Where that is a table of modulation rows (W
 (B, rows, D)) they read it flattened. Where it is per token (Wan 2.2 TI2V's (B, N, rows, D), LTX's
 (B, N, 6·D)) they read its mean over the tokens, since a width choice serves a whole sample.
 
-Not supported, and refused by name: Sana (its MLP is a convolution over the image, so a token
-cannot bypass it alone), FLUX.2 (fused q/k/v/MLP projection) and Lumina2 (a joint sequence
-whose text length differs per sample, padded at the end).
+Sana's MLP (GLUMBConv) is a 1×1 convolution to two GLU halves, a 3×3 depthwise convolution and a
+1×1 convolution: its channel groups are gated like any MLP's (both halves of the first two
+convolutions), but a token cannot bypass it alone, so Sana gets dynamic width only.
+
+Not supported, and refused by name: FLUX.2 (fused q/k/v/MLP projection) and Lumina2 (a joint
+sequence whose text length differs per sample, padded at the end).
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ class _BlockLayout:
     text_in_mlp: str | None = None  # "first" / "last": the MLP's input holds the text rows there too
     temb_per_token: bool = False  # `temb` is (B, N, C), one row per token (LTX); (B, 1, C) without per-token timesteps
     rope_on_heads: bool = False  # the attention's `image_rotary_emb` spans the flattened heads' channels (LTX)
+    temb_arg: str = "temb"  # the forward argument the routers read
+    linear_attention: bool = False  # Sana: attention costs N·inner·head_dim, not N²·inner
+    conv_mlp: bool = False  # Sana's GLUMBConv: 1×1 conv to paired halves, 3×3 depthwise conv, gate, 1×1 conv
 
 
 def _linear_input(path: str) -> Callable[[nn.Module], int]:
@@ -92,6 +98,9 @@ _LAYOUTS: dict[str, _BlockLayout] = {
                                                    text_in_mlp="first", **_SWIGLU),
     "LTXVideoTransformerBlock": _BlockLayout("double", _modulation_table, attention="attn1", head_outputs=("attn1.to_out.0",),
                                              joint_attention=False, temb_per_token=True, rope_on_heads=True),
+    "SanaTransformerBlock": _BlockLayout("double", _modulation_table, attention="attn1", head_outputs=("attn1.to_out.0",),
+                                         mlp_up=("ff.conv_inverted", "ff.conv_depth"), mlp_down="ff.conv_point",
+                                         joint_attention=False, temb_arg="timestep", linear_attention=True, conv_mlp=True),
 }
 SUPPORTED_BLOCKS = tuple(_LAYOUTS)
 
@@ -115,6 +124,9 @@ class BlockSite:
     text_in_mlp: str | None
     temb_per_token: bool
     rope_on_heads: bool
+    temb_arg: str
+    linear_attention: bool
+    conv_mlp: bool  # groups gate channel dim 1 of (B, C, H, W) maps, and the MLP cannot run per token
     image_arg: str  # the forward arguments that carry the streams (`BlockIO`)
     text_arg: str | None  # None: the block takes the joint sequence, text first (Chroma single blocks)
 
@@ -164,19 +176,22 @@ def block_site(block: nn.Module) -> BlockSite:
     heads = attn.heads
     head_dim = attn.to_q.out_features // heads
     ups, down = [block.get_submodule(path) for path in layout.mlp_up], block.get_submodule(layout.mlp_down)
-    mlp_width = ups[0].out_features
-    if layout.kind == "double" and any(up.out_features != down.in_features for up in ups):
-        raise TypeError(f"{name}'s MLP fuses its gate into one input layer ({ups[0].out_features} -> {down.in_features}); "
-                        "dynamic width needs one input Linear per hidden channel set")
+    if layout.conv_mlp:  # the hidden channels are conv_point's inputs; conv_inverted and conv_depth carry them in two halves
+        width, mlp_width, matrices = down.out_channels, down.in_channels, 2 + 1
+    else:
+        width, mlp_width, matrices = down.out_features, ups[0].out_features, len(ups) + 1
+        if layout.kind == "double" and any(up.out_features != down.in_features for up in ups):
+            raise TypeError(f"{name}'s MLP fuses its gate into one input layer ({ups[0].out_features} -> {down.in_features}); "
+                            "dynamic width needs one input Linear per hidden channel set")
     head_outputs = tuple(path for path in layout.head_outputs if _optional(block, path) is not None) if layout.kind == "double" else ()
     io = block_io_for(block)
     paths = {"head_outputs": head_outputs, "mlp": layout.mlp, "mlp_up": layout.mlp_up, "mlp_down": layout.mlp_down}
-    return BlockSite(block, layout.kind, heads=heads, head_dim=head_dim, width=down.out_features, mlp_width=mlp_width,
-                     mlp_matrices=len(ups) + 1,
+    return BlockSite(block, layout.kind, heads=heads, head_dim=head_dim, width=width, mlp_width=mlp_width, mlp_matrices=matrices,
                      attention=attn, head_outputs=tuple(block.get_submodule(path) for path in head_outputs),
                      mlp_module=block.get_submodule(layout.mlp), mlp_output=down, paths=paths,
                      router_width=layout.router_width(block), joint_attention=layout.joint_attention,
                      text_in_mlp=layout.text_in_mlp, temb_per_token=layout.temb_per_token, rope_on_heads=layout.rope_on_heads,
+                     temb_arg=layout.temb_arg, linear_attention=layout.linear_attention, conv_mlp=layout.conv_mlp,
                      image_arg=io.image_arg, text_arg=io.text_arg)
 
 
@@ -198,6 +213,7 @@ def block_costs(site: BlockSite, image_tokens: int, text_tokens: int) -> tuple[f
     """
     tokens = image_tokens + text_tokens if site.joint_attention else image_tokens
     inner = site.heads * site.head_dim
-    attention = 4 * tokens * site.width * inner + 2 * tokens * tokens * inner
+    mixing = tokens * site.head_dim if site.linear_attention else tokens * tokens  # per channel: Kᵀ·V and Q·(KᵀV), or QKᵀ and AV
+    attention = 4 * tokens * site.width * inner + 2 * mixing * inner
     mlp = site.mlp_matrices * image_tokens * site.width * site.mlp_width
     return float(attention), float(mlp)

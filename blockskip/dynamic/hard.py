@@ -102,7 +102,8 @@ class SliceCache:
         if key not in self.slices:
             if len(self.slices) >= self.capacity:
                 self.slices.clear()
-            self.slices[key] = sliced_linear(layer, rows, columns, bias)
+            make = sliced_conv if isinstance(layer, nn.Conv2d) else sliced_linear
+            self.slices[key] = make(layer, rows, columns, bias)
         return self.slices[key]
 
 
@@ -166,6 +167,33 @@ def _normalized_width(norm: nn.Module) -> int | None:
         return int(shape[-1]) if isinstance(shape, (tuple, list, torch.Size)) else int(shape)
     weight = getattr(norm, "weight", None)
     return None if weight is None else int(weight.shape[-1])
+
+
+def sliced_conv(conv: nn.Conv2d, rows: torch.Tensor | None = None, columns: torch.Tensor | None = None,
+                bias: bool = True) -> nn.Conv2d:
+    """A Conv2d computing `conv` for output channels `rows` and/or from input channels `columns`
+    only. A depthwise conv (Sana's `conv_depth`) keeps one filter per kept channel."""
+    if getattr(conv, "base_layer", None) is not None:
+        raise RuntimeError("hard mode slices plain convolutions only; put the LoRA on attention or linear layers")
+    depthwise = conv.groups == conv.in_channels == conv.out_channels and conv.groups > 1
+    if conv.groups != 1 and not depthwise:
+        raise RuntimeError(f"hard mode slices dense or depthwise convolutions, not one with {conv.groups} groups")
+    weight, conv_bias = conv.weight, conv.bias if bias else None
+    if rows is not None:
+        weight = weight[rows]
+        conv_bias = conv_bias[rows] if conv_bias is not None else None
+    if columns is not None and not depthwise:
+        weight = weight[:, columns]
+    out_channels = weight.shape[0]
+    in_channels = out_channels if depthwise else weight.shape[1]
+    out = nn.Conv2d(in_channels, out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                    groups=out_channels if depthwise else 1, bias=conv_bias is not None, padding_mode=conv.padding_mode,
+                    device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        out.weight.copy_(weight)
+        if conv_bias is not None:
+            out.bias.copy_(conv_bias)
+    return out.requires_grad_(False)
 
 
 def channel_index(open_parts: torch.Tensor, width: int) -> torch.Tensor:

@@ -148,7 +148,7 @@ def _install_block(handle: DynamicHandle, name: str, site: BlockSite) -> None:
     def begin(module, args, kwargs):
         bound = signature.bind_partial(*args, **kwargs).arguments  # gradient checkpointing passes them positionally
         timestep_routers = handle.settings.router_input == "timestep"
-        condition = handle.model_call.features if timestep_routers else site.router_input(bound["temb"])
+        condition = handle.model_call.features if timestep_routers else site.router_input(bound[site.temb_arg])
         image_tokens, text_tokens = site.call_tokens(bound, handle.model_call.text_tokens)
         call = _Call(costs=block_costs(site, image_tokens, text_tokens), text_tokens=text_tokens)
         if handle.width:
@@ -180,7 +180,11 @@ def _install_block(handle: DynamicHandle, name: str, site: BlockSite) -> None:
 
         def gate_groups(module, args):
             call = handle.calls[name]
-            return (args[0] * _expand(call.groups, site.groups, site.mlp_width).to(args[0].dtype), *args[1:]) if call.groups is not None else None
+            if call.groups is None:
+                return None
+            mask = _expand(call.groups, site.groups, site.mlp_width)
+            mask = mask[:, 0, :, None, None] if site.conv_mlp else mask  # (B, C, H, W) maps: channels on dim 1
+            return (args[0] * mask.to(args[0].dtype), *args[1:])
 
         def gate_tokens(module, args, output):
             if handle.hard:  # the gathered MLP has chosen the tokens already
@@ -277,8 +281,9 @@ def _swap_in_slices(handle: DynamicHandle, site: BlockSite, call: _Call, routers
             for path in paths["head_outputs"]:
                 _swap_path(handle, block, path, handle.slices(block.get_submodule(path), columns=head_channels))
         if call.groups is not None:
+            up_rows = torch.cat([group_channels, site.mlp_width + group_channels]) if site.conv_mlp else group_channels  # GLU halves
             for path, up in zip(paths["mlp_up"], ups):
-                _swap_path(handle, block, path, handle.slices(up, rows=group_channels))
+                _swap_path(handle, block, path, handle.slices(up, rows=up_rows))
             _swap_path(handle, block, paths["mlp_down"], handle.slices(down, columns=group_channels))
         if handle.tokens:
             _swap_path(handle, block, paths["mlp"], GatheredMLP(site.mlp_module, open_rows))
@@ -313,6 +318,9 @@ def apply_dynamic_computation(model: nn.Module, settings: DynamicSettings | None
     parameter = next(model.parameters())
     for name, block in _blocks(model):
         site = block_site(block)
+        if tokens and site.conv_mlp:
+            raise TypeError(f"{type(block).__name__}'s MLP is a 3×3 depthwise convolution over the image, so a token cannot "
+                            "bypass it alone: gate width only (apply_dynamic_width)")
         handle.sites[name] = site
         router_width = settings.timestep_width if settings.router_input == "timestep" else site.router_width
         handle.routers[name.replace(".", "_")] = _Routers(site, router_width, settings, width, tokens).to(parameter.device)
