@@ -87,8 +87,7 @@ _LAYOUTS: dict[str, _BlockLayout] = {
     "HunyuanVideoTransformerBlock": _BlockLayout("double", _linear_input("norm1.linear")),
     "HunyuanVideoSingleTransformerBlock": _BlockLayout(router_width=_linear_input("norm.linear"), text_in_mlp="last", **_SINGLE),
     "ChromaTransformerBlock": _BlockLayout("double", _modulation_rows(12)),
-    "ChromaSingleTransformerBlock": _BlockLayout(router_width=_modulation_rows(3), text_in_mlp="first",
-                                                 **_SINGLE),
+    "ChromaSingleTransformerBlock": _BlockLayout(router_width=_modulation_rows(3), text_in_mlp="first", **_SINGLE),
     "CogVideoXBlock": _BlockLayout("double", _linear_input("norm1.linear"), attention="attn1", head_outputs=("attn1.to_out.0",),
                                    text_in_mlp="first"),
     "WanTransformerBlock": _BlockLayout("double", _modulation_table, attention="attn1", head_outputs=("attn1.to_out.0",),
@@ -108,7 +107,7 @@ SUPPORTED_BLOCKS = tuple(_LAYOUTS)
 @dataclass
 class BlockSite:
     block: nn.Module
-    kind: str  # "double" (a separate image MLP) or "single" (fused proj_mlp / proj_out)
+    layout: _BlockLayout  # the block class's description: joint_attention, text_in_mlp, temb_arg, conv_mlp, ...
     heads: int
     head_dim: int
     width: int  # model width D
@@ -120,13 +119,6 @@ class BlockSite:
     mlp_output: nn.Module  # the MLP's last Linear (double) or proj_out (single)
     paths: dict  # "head_outputs" (paths), "mlp", "mlp_up", "mlp_down": where hard mode swaps in slices
     router_width: int
-    joint_attention: bool
-    text_in_mlp: str | None
-    temb_per_token: bool
-    rope_on_heads: bool
-    temb_arg: str
-    linear_attention: bool
-    conv_mlp: bool  # groups gate channel dim 1 of (B, C, H, W) maps, and the MLP cannot run per token
     image_arg: str  # the forward arguments that carry the streams (`BlockIO`)
     text_arg: str | None  # None: the block takes the joint sequence, text first (Chroma single blocks)
 
@@ -134,9 +126,13 @@ class BlockSite:
     def groups(self) -> int:
         return self.heads
 
+    @property
+    def kind(self) -> str:
+        return self.layout.kind
+
     def router_input(self, temb: torch.Tensor) -> torch.Tensor:
         """The block's `temb` as one (B, router_width) vector per sample (see the module docs)."""
-        if temb.ndim == 4 or (self.temb_per_token and temb.ndim == 3):  # per-token conditioning: its mean over the tokens
+        if temb.ndim == 4 or (self.layout.temb_per_token and temb.ndim == 3):  # per-token conditioning: its mean over the tokens
             temb = temb.float().mean(dim=1)
         return temb.float().flatten(1)
 
@@ -150,18 +146,18 @@ class BlockSite:
 
     def image_rows(self, hidden: torch.Tensor, text_tokens: int) -> torch.Tensor:
         """The image rows of the MLP's input (all of them unless it also holds the text)."""
-        if self.text_in_mlp == "first":
+        if self.layout.text_in_mlp == "first":
             return hidden[:, text_tokens:]
-        if self.text_in_mlp == "last":
+        if self.layout.text_in_mlp == "last":
             return hidden[:, : hidden.shape[1] - text_tokens]
         return hidden
 
     def with_text_rows(self, image: torch.Tensor, text_tokens: int, fill) -> torch.Tensor:
         """Image-row values (B, N_img, …) padded to the MLP's rows with `fill` for the text rows."""
-        if self.text_in_mlp is None:
+        if self.layout.text_in_mlp is None:
             return image
         text = torch.full((image.shape[0], text_tokens, *image.shape[2:]), fill, dtype=image.dtype, device=image.device)
-        return torch.cat([text, image] if self.text_in_mlp == "first" else [image, text], dim=1)
+        return torch.cat([text, image] if self.layout.text_in_mlp == "first" else [image, text], dim=1)
 
 
 def block_site(block: nn.Module) -> BlockSite:
@@ -186,13 +182,10 @@ def block_site(block: nn.Module) -> BlockSite:
     head_outputs = tuple(path for path in layout.head_outputs if _optional(block, path) is not None) if layout.kind == "double" else ()
     io = block_io_for(block)
     paths = {"head_outputs": head_outputs, "mlp": layout.mlp, "mlp_up": layout.mlp_up, "mlp_down": layout.mlp_down}
-    return BlockSite(block, layout.kind, heads=heads, head_dim=head_dim, width=width, mlp_width=mlp_width, mlp_matrices=matrices,
+    return BlockSite(block, layout, heads=heads, head_dim=head_dim, width=width, mlp_width=mlp_width, mlp_matrices=matrices,
                      attention=attn, head_outputs=tuple(block.get_submodule(path) for path in head_outputs),
                      mlp_module=block.get_submodule(layout.mlp), mlp_output=down, paths=paths,
-                     router_width=layout.router_width(block), joint_attention=layout.joint_attention,
-                     text_in_mlp=layout.text_in_mlp, temb_per_token=layout.temb_per_token, rope_on_heads=layout.rope_on_heads,
-                     temb_arg=layout.temb_arg, linear_attention=layout.linear_attention, conv_mlp=layout.conv_mlp,
-                     image_arg=io.image_arg, text_arg=io.text_arg)
+                     router_width=layout.router_width(block), image_arg=io.image_arg, text_arg=io.text_arg)
 
 
 def _optional(block: nn.Module, path: str) -> nn.Module | None:
@@ -211,9 +204,9 @@ def block_costs(site: BlockSite, image_tokens: int, text_tokens: int) -> tuple[f
     the MLP share of `proj_out`). The text rows' MLP and the norms are not gated and not counted,
     as in DyDiT.
     """
-    tokens = image_tokens + text_tokens if site.joint_attention else image_tokens
+    tokens = image_tokens + text_tokens if site.layout.joint_attention else image_tokens
     inner = site.heads * site.head_dim
-    mixing = tokens * site.head_dim if site.linear_attention else tokens * tokens  # per channel: Kᵀ·V and Q·(KᵀV), or QKᵀ and AV
+    mixing = tokens * site.head_dim if site.layout.linear_attention else tokens * tokens  # per channel: Kᵀ·V and Q·(KᵀV), or QKᵀ and AV
     attention = 4 * tokens * site.width * inner + 2 * mixing * inner
     mlp = site.mlp_matrices * image_tokens * site.width * site.mlp_width
     return float(attention), float(mlp)

@@ -148,7 +148,7 @@ def _install_block(handle: DynamicHandle, name: str, site: BlockSite) -> None:
     def begin(module, args, kwargs):
         bound = signature.bind_partial(*args, **kwargs).arguments  # gradient checkpointing passes them positionally
         timestep_routers = handle.settings.router_input == "timestep"
-        condition = handle.model_call.features if timestep_routers else site.router_input(bound[site.temb_arg])
+        condition = handle.model_call.features if timestep_routers else site.router_input(bound[site.layout.temb_arg])
         image_tokens, text_tokens = site.call_tokens(bound, handle.model_call.text_tokens)
         call = _Call(costs=block_costs(site, image_tokens, text_tokens), text_tokens=text_tokens)
         if handle.width:
@@ -170,7 +170,7 @@ def _install_block(handle: DynamicHandle, name: str, site: BlockSite) -> None:
 
     handle.hooks.append(site.block.register_forward_pre_hook(begin, with_kwargs=True))
     handle.hooks.append(site.block.register_forward_hook(end))
-    if site.rope_on_heads:
+    if site.layout.rope_on_heads:
         handle.hooks.append(site.attention.register_forward_pre_hook(_rotary_cutter(handle, name), with_kwargs=True))
     inner = site.heads * site.head_dim
     if site.kind == "double":
@@ -183,7 +183,7 @@ def _install_block(handle: DynamicHandle, name: str, site: BlockSite) -> None:
             if call.groups is None:
                 return None
             mask = _expand(call.groups, site.groups, site.mlp_width)
-            mask = mask[:, 0, :, None, None] if site.conv_mlp else mask  # (B, C, H, W) maps: channels on dim 1
+            mask = mask[:, 0, :, None, None] if site.layout.conv_mlp else mask  # (B, C, H, W) maps: channels on dim 1
             return (args[0] * mask.to(args[0].dtype), *args[1:])
 
         def gate_tokens(module, args, output):
@@ -266,7 +266,7 @@ def _swap_in_slices(handle: DynamicHandle, site: BlockSite, call: _Call, routers
     if call.heads is not None:
         for module, attribute, replacement in head_slices(site.attention, handle.slices, head_channels, inner, site.head_dim):
             _swap(handle, module, attribute, replacement)
-        call.head_channels = head_channels if site.rope_on_heads else None
+        call.head_channels = head_channels if site.layout.rope_on_heads else None
 
     def open_rows(hidden):  # the MLP's rows that run: the open image tokens and any text rows
         if not handle.tokens:
@@ -281,7 +281,7 @@ def _swap_in_slices(handle: DynamicHandle, site: BlockSite, call: _Call, routers
             for path in paths["head_outputs"]:
                 _swap_path(handle, block, path, handle.slices(block.get_submodule(path), columns=head_channels))
         if call.groups is not None:
-            up_rows = torch.cat([group_channels, site.mlp_width + group_channels]) if site.conv_mlp else group_channels  # GLU halves
+            up_rows = torch.cat([group_channels, site.mlp_width + group_channels]) if site.layout.conv_mlp else group_channels  # GLU halves
             for path, up in zip(paths["mlp_up"], ups):
                 _swap_path(handle, block, path, handle.slices(up, rows=up_rows))
             _swap_path(handle, block, paths["mlp_down"], handle.slices(down, columns=group_channels))
@@ -318,7 +318,7 @@ def apply_dynamic_computation(model: nn.Module, settings: DynamicSettings | None
     parameter = next(model.parameters())
     for name, block in _blocks(model):
         site = block_site(block)
-        if tokens and site.conv_mlp:
+        if tokens and site.layout.conv_mlp:
             raise TypeError(f"{type(block).__name__}'s MLP is a 3×3 depthwise convolution over the image, so a token cannot "
                             "bypass it alone: gate width only (apply_dynamic_width)")
         handle.sites[name] = site

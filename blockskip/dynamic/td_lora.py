@@ -88,7 +88,7 @@ def apply_timestep_lora(model: nn.Module, adapter: str = "default") -> TimestepL
         signature = inspect.signature(block.forward)
 
         def remember(module, args, kwargs, state=state, signature=signature, site=site):
-            state["temb"] = site.router_input(signature.bind_partial(*args, **kwargs).arguments[site.temb_arg])
+            state["temb"] = site.router_input(signature.bind_partial(*args, **kwargs).arguments[site.layout.temb_arg])
 
         handle.hooks.append(block.register_forward_pre_hook(remember, with_kwargs=True))
         for layer_name, layer in layers:
