@@ -10,7 +10,7 @@ from blockskip.dynamic import DynamicSettings, DynamicSettingsError, apply_dynam
 
 FAMILIES = ["FluxTransformer2DModel", "SD3Transformer2DModel", "QwenImageTransformer2DModel", "HunyuanVideoTransformer3DModel",
             "ChromaTransformer2DModel", "CogVideoXTransformer3DModel", "WanTransformer3DModel", "AuraFlowTransformer2DModel",
-            "LTXVideoTransformer3DModel", "SanaTransformer2DModel"]
+            "LTXVideoTransformer3DModel", "SanaTransformer2DModel", "Flux2Transformer2DModel"]
 WIDTH_ONLY = {"SanaTransformer2DModel"}  # its MLP is a depthwise convolution: no token can bypass it alone
 
 
@@ -100,7 +100,7 @@ def test_refusals():
         apply_dynamic_tokens(case.model)
     handle.remove()
     with pytest.raises(TypeError, match="support FluxTransformerBlock"):
-        apply_dynamic_width(build_tiny("Flux2Transformer2DModel").model)
+        apply_dynamic_width(build_tiny("Lumina2Transformer2DModel").model)
     with pytest.raises(TypeError, match="depthwise convolution"):
         apply_dynamic_tokens(build_tiny("SanaTransformer2DModel").model)
     with pytest.raises(DynamicSettingsError, match="target"):
@@ -137,7 +137,8 @@ def test_hard_mode_computes_only_what_is_open_and_matches_the_gated_model(family
     assert torch.allclose(hard, gated, atol=1e-5)
     saving = 0.9 if family in WIDTH_ONLY else 0.85  # half the heads and groups; tokens too where they can be gated
     assert hard_flops.total < saving * soft_flops.total and torch.isfinite(handle.flops_ratio()).all()
-    assert not handle.swapped and all(type(site.attention.to_q).__name__ == "Linear" for site in handle.sites.values())
+    projections = [getattr(site.attention, "to_q", None) or site.attention.to_qkv_mlp_proj for site in handle.sites.values()]
+    assert not handle.swapped and all(type(layer).__name__ == "Linear" for layer in projections)
     with pytest.raises(RuntimeError, match="hard mode is for inference"):
         case.model.train()
         with torch.no_grad():
@@ -292,8 +293,8 @@ def test_estimator_prices_the_flops_target_with_the_gates_cost_model():
     half = estimate_dynamic_forward("FLUX.1-dev", 0.5, 512, 512)
     assert full.ratio == pytest.approx(1.0) and 1.5 < half.ratio < 2.0
     assert 0.7 < half.gated_flops / half.flops < 1.0  # embedders, norms and the text stream's MLPs are not gated
-    with pytest.raises(ValueError, match="not priced for Flux2Transformer2DModel"):
-        estimate_dynamic_forward("flux.2-dev", 0.5, 1024, 1024)
+    with pytest.raises(ValueError, match="not priced for Lumina2Transformer2DModel"):
+        estimate_dynamic_forward("lumina-image-2.0", 0.5, 1024, 1024)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -319,7 +320,7 @@ def test_timestep_lora_on_every_family_starts_static_and_follows_the_timestep(fa
 
 
 def test_unsupported_blocks_are_refused_by_name():
-    for family, block in (("Flux2Transformer2DModel", "Flux2TransformerBlock"), ("Lumina2Transformer2DModel", "Lumina2TransformerBlock")):
+    for family, block in (("Lumina2Transformer2DModel", "Lumina2TransformerBlock"),):
         with pytest.raises(TypeError, match=f"not {block}"):
             apply_dynamic_computation(build_tiny(family).model)
 

@@ -7,16 +7,16 @@ image-stream MLP. The MLP is split into as many channel groups as there are head
 through forward hooks:
 
 - heads: the attention output is multiplied per head before the output projection. In blocks
-  with joint attention and two streams (FLUX and Chroma double blocks, SD3, QwenImage,
+  with joint attention and two streams (FLUX.1, FLUX.2 and Chroma double blocks, SD3, QwenImage,
   HunyuanVideo, AuraFlow) that is `to_out` and `to_add_out`, one mask for both streams. In
   CogVideoX and AuraFlow's single blocks it is the joint `to_out`, and in Wan and LTX the
-  self-attention's `to_out`; their cross-attention runs in full. In fused single blocks (FLUX,
-  Chroma, HunyuanVideo) it is the attention part of `proj_out`'s input.
+  self-attention's `to_out`; their cross-attention runs in full. In fused single blocks (FLUX.1,
+  Chroma, HunyuanVideo; FLUX.2's parallel ones) it is the attention part of `proj_out`'s (FLUX.2:
+  `to_out`'s) input.
 - MLP groups: the MLP's hidden activations are multiplied per group before its last Linear.
-  GELU(0) = 0 (and SiLU(0)·b = 0 in AuraFlow's SwiGLU), so gating after the activation equals
-  gating before it. In single blocks this is
-  the MLP part of `proj_out`'s input. A separate text-stream MLP (`ff_context`, `txt_mlp`) runs
-  at full width.
+  GELU(0) = 0, and SiLU(0)·v = 0 in the SwiGLU of AuraFlow and FLUX.2, so gating after the
+  activation equals gating before it. In single blocks this is the MLP part of `proj_out`'s
+  input. A separate text-stream MLP (`ff_context`, `txt_mlp`) runs at full width.
 - tokens: an image token's MLP output is multiplied by its 0/1 gate, so a closed token bypasses
   the MLP on the residual. Where the MLP also holds the text rows (CogVideoX's joint MLP, single
   blocks) those rows always run. In single blocks only the MLP part of a closed image token's
@@ -30,8 +30,12 @@ Sana's MLP (GLUMBConv) is a 1×1 convolution to two GLU halves, a 3×3 depthwise
 1×1 convolution: its channel groups are gated like any MLP's (both halves of the first two
 convolutions), but a token cannot bypass it alone, so Sana gets dynamic width only.
 
-Not supported, and refused by name: FLUX.2 (fused q/k/v/MLP projection) and Lumina2 (a joint
-sequence whose text length differs per sample, padded at the end).
+FLUX.2's single blocks are "parallel": one projection makes [q ‖ k ‖ v ‖ MLP value ‖ MLP gate]
+and one reads [attention ‖ MLP]; they are gated like FLUX single blocks, and hard mode cuts the
+fused projection's rows per part.
+
+Not supported, and refused by name: Lumina2 (a joint sequence whose text length differs per
+sample, padded at the end, and grouped-query attention).
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ from ..families.layouts import block_io_for
 
 @dataclass(frozen=True)
 class _BlockLayout:
-    kind: str  # "double": a separate MLP module; "single": FLUX-style fused proj_mlp / proj_out
+    kind: str  # "double": a separate MLP module; "single": FLUX-style proj_mlp / fused proj_out; "parallel": FLUX.2's
+    # single blocks, one projection to [q ‖ k ‖ v ‖ MLP halves] and one from [attention ‖ MLP]
     router_width: Callable[[nn.Module], int]  # the width of the routers' input, read from the block
     attention: str = "attn"
     head_outputs: tuple[str, ...] = ("attn.to_out.0", "attn.to_add_out")  # double only; absent ones are skipped
@@ -61,6 +66,7 @@ class _BlockLayout:
     temb_arg: str = "temb"  # the forward argument the routers read
     linear_attention: bool = False  # Sana: attention costs N·inner·head_dim, not N²·inner
     conv_mlp: bool = False  # Sana's GLUMBConv: 1×1 conv to paired halves, 3×3 depthwise conv, gate, 1×1 conv
+    fused_glu: bool = False  # the input layer makes both GLU halves [value ‖ gate] of the hidden width (Sana, FLUX.2)
 
 
 def _linear_input(path: str) -> Callable[[nn.Module], int]:
@@ -99,7 +105,13 @@ _LAYOUTS: dict[str, _BlockLayout] = {
                                              joint_attention=False, temb_per_token=True, rope_on_heads=True),
     "SanaTransformerBlock": _BlockLayout("double", _modulation_table, attention="attn1", head_outputs=("attn1.to_out.0",),
                                          mlp_up=("ff.conv_inverted", "ff.conv_depth"), mlp_down="ff.conv_point",
-                                         joint_attention=False, temb_arg="timestep", linear_attention=True, conv_mlp=True),
+                                         joint_attention=False, temb_arg="timestep", linear_attention=True, conv_mlp=True,
+                                         fused_glu=True),
+    "Flux2TransformerBlock": _BlockLayout("double", _modulation_rows(6), mlp_up=("ff.linear_in",), mlp_down="ff.linear_out",
+                                          temb_arg="temb_mod_img", temb_per_token=True, fused_glu=True),
+    "Flux2SingleTransformerBlock": _BlockLayout("parallel", lambda block: 3 * block.attn.query_dim, mlp="attn.to_qkv_mlp_proj",
+                                                mlp_up=("attn.to_qkv_mlp_proj",), mlp_down="attn.to_out", text_in_mlp="first",
+                                                temb_arg="temb_mod", temb_per_token=True, fused_glu=True),
 }
 SUPPORTED_BLOCKS = tuple(_LAYOUTS)
 
@@ -170,10 +182,16 @@ def block_site(block: nn.Module) -> BlockSite:
         raise TypeError(f"{name} with zero_cond_t runs two timesteps per sample; dynamic width routes one per sample")
     attn = block.get_submodule(layout.attention)
     heads = attn.heads
-    head_dim = attn.to_q.out_features // heads
+    head_dim = attn.to_q.out_features // heads if hasattr(attn, "to_q") else attn.head_dim
     ups, down = [block.get_submodule(path) for path in layout.mlp_up], block.get_submodule(layout.mlp_down)
     if layout.conv_mlp:  # the hidden channels are conv_point's inputs; conv_inverted and conv_depth carry them in two halves
         width, mlp_width, matrices = down.out_channels, down.in_channels, 2 + 1
+    elif layout.kind == "parallel":  # to_out reads [attention ‖ MLP]; to_qkv_mlp_proj makes q, k, v and both GLU halves
+        width, mlp_width, matrices = down.out_features, down.in_features - heads * head_dim, 2 + 1
+    elif layout.fused_glu:
+        width, mlp_width, matrices = down.out_features, down.in_features, 2 + 1
+        if ups[0].out_features != 2 * mlp_width:
+            raise TypeError(f"{name}'s MLP input layer should make two halves of {mlp_width}, it makes {ups[0].out_features}")
     else:
         width, mlp_width, matrices = down.out_features, ups[0].out_features, len(ups) + 1
         if layout.kind == "double" and any(up.out_features != down.in_features for up in ups):

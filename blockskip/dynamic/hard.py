@@ -244,6 +244,20 @@ class FusedOutput(nn.Module):
         return flat_out.reshape(out.shape)
 
 
+class ParallelProjection(nn.Module):
+    """FLUX.2 single blocks' `to_qkv_mlp_proj` for the open heads (every row) and the open MLP
+    groups (open rows only, zeros elsewhere): [q ‖ k ‖ v ‖ value ‖ gate]."""
+
+    def __init__(self, qkv: nn.Module, mlp: nn.Module, rows_for):
+        super().__init__()
+        self.qkv, self.mlp, self.rows_for = qkv, mlp, rows_for  # rows_for(hidden) -> (B, N) bool, or None: every row
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        rows = self.rows_for(hidden)
+        mlp = self.mlp(hidden) if rows is None else run_on_rows(self.mlp, hidden, rows)
+        return torch.cat([self.qkv(hidden), mlp], dim=-1)
+
+
 class OpenRowsMLP(nn.Module):
     """FLUX single blocks' `proj_mlp` for the open groups (a sliced layer) and the open rows only."""
 

@@ -37,7 +37,7 @@ from ..families.layouts import get_layout
 from ..skipping.skip import get_block_skip
 from .blocks import BlockSite, block_costs, block_site
 from .gates import gate
-from .hard import FusedOutput, GatheredMLP, OpenRowsMLP, SliceCache, channel_index, has_hooked_lora, head_slices
+from .hard import FusedOutput, GatheredMLP, OpenRowsMLP, ParallelProjection, SliceCache, channel_index, has_hooked_lora, head_slices
 from .model_call import ModelCall, call_recorder
 from .settings import DynamicSettings
 
@@ -281,7 +281,7 @@ def _swap_in_slices(handle: DynamicHandle, site: BlockSite, call: _Call, routers
             for path in paths["head_outputs"]:
                 _swap_path(handle, block, path, handle.slices(block.get_submodule(path), columns=head_channels))
         if call.groups is not None:
-            up_rows = torch.cat([group_channels, site.mlp_width + group_channels]) if site.layout.conv_mlp else group_channels  # GLU halves
+            up_rows = torch.cat([group_channels, site.mlp_width + group_channels]) if site.layout.fused_glu else group_channels  # GLU halves
             for path, up in zip(paths["mlp_up"], ups):
                 _swap_path(handle, block, path, handle.slices(up, rows=up_rows))
             _swap_path(handle, block, paths["mlp_down"], handle.slices(down, columns=group_channels))
@@ -290,7 +290,16 @@ def _swap_in_slices(handle: DynamicHandle, site: BlockSite, call: _Call, routers
         return
     call.rows = None
     attention_columns = head_channels if call.heads is not None else torch.arange(inner)
-    _swap_path(handle, block, paths["mlp_up"][0], OpenRowsMLP(handle.slices(ups[0], rows=group_channels), open_rows))
+    if site.kind == "parallel":  # [q ‖ k ‖ v] rows of the open heads for every token, [value ‖ gate] rows of the open groups for open tokens
+        qkv_rows = torch.cat([part * inner + attention_columns for part in range(3)])
+        mlp_rows = torch.cat([3 * inner + group_channels, 3 * inner + site.mlp_width + group_channels])
+        device = next(ups[0].parameters()).device
+        projection = ParallelProjection(handle.slices(ups[0], rows=qkv_rows.to(device)), handle.slices(ups[0], rows=mlp_rows.to(device)),
+                                        open_rows)
+        _swap_path(handle, block, paths["mlp_up"][0], projection)
+        _swap(handle, site.attention, "mlp_hidden_dim", len(group_channels))
+    else:
+        _swap_path(handle, block, paths["mlp_up"][0], OpenRowsMLP(handle.slices(ups[0], rows=group_channels), open_rows))
     device = next(down.parameters()).device  # a PEFT layer has no .weight of its own
     fused = FusedOutput(handle.slices(down, columns=attention_columns.to(device)),
                         handle.slices(down, columns=(inner + group_channels).to(device), bias=False),
