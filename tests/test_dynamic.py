@@ -10,8 +10,11 @@ from blockskip.dynamic import DynamicSettings, DynamicSettingsError, apply_dynam
 
 FAMILIES = ["FluxTransformer2DModel", "SD3Transformer2DModel", "QwenImageTransformer2DModel", "HunyuanVideoTransformer3DModel",
             "ChromaTransformer2DModel", "CogVideoXTransformer3DModel", "WanTransformer3DModel", "AuraFlowTransformer2DModel",
-            "LTXVideoTransformer3DModel", "SanaTransformer2DModel", "Flux2Transformer2DModel"]
-WIDTH_ONLY = {"SanaTransformer2DModel"}  # its MLP is a depthwise convolution: no token can bypass it alone
+            "LTXVideoTransformer3DModel", "SanaTransformer2DModel", "Flux2Transformer2DModel", "Lumina2Transformer2DModel"]
+WIDTH_ONLY = {"SanaTransformer2DModel", "Lumina2Transformer2DModel"}  # a depthwise-conv MLP; per-sample text lengths
+
+
+MORE_HEADS = {"Lumina2Transformer2DModel": dict(num_attention_heads=4, num_kv_heads=2, hidden_size=64)}  # tiny has 1 kv head
 
 
 def patch_all(case, settings=None):
@@ -99,10 +102,9 @@ def test_refusals():
     with pytest.raises(RuntimeError, match="already has dynamic computation"):
         apply_dynamic_tokens(case.model)
     handle.remove()
-    with pytest.raises(TypeError, match="support FluxTransformerBlock"):
-        apply_dynamic_width(build_tiny("Lumina2Transformer2DModel").model)
-    with pytest.raises(TypeError, match="depthwise convolution"):
-        apply_dynamic_tokens(build_tiny("SanaTransformer2DModel").model)
+    for family, reason in (("SanaTransformer2DModel", "depthwise convolution"), ("Lumina2Transformer2DModel", "text of its own length")):
+        with pytest.raises(TypeError, match=reason):
+            apply_dynamic_tokens(build_tiny(family).model)
     with pytest.raises(DynamicSettingsError, match="target"):
         DynamicSettings(target=1.5)
 
@@ -122,7 +124,7 @@ def close_some_gates(handle):
 def test_hard_mode_computes_only_what_is_open_and_matches_the_gated_model(family):
     from blockskip.estimate.accounting import FlopCounter
 
-    case = build_tiny(family)
+    case = build_tiny(family, **MORE_HEADS.get(family, {}))
     handle = patch_all(case)
     close_some_gates(handle)
     inputs = case.inputs(batch=1)
@@ -293,8 +295,6 @@ def test_estimator_prices_the_flops_target_with_the_gates_cost_model():
     half = estimate_dynamic_forward("FLUX.1-dev", 0.5, 512, 512)
     assert full.ratio == pytest.approx(1.0) and 1.5 < half.ratio < 2.0
     assert 0.7 < half.gated_flops / half.flops < 1.0  # embedders, norms and the text stream's MLPs are not gated
-    with pytest.raises(ValueError, match="not priced for Lumina2Transformer2DModel"):
-        estimate_dynamic_forward("lumina-image-2.0", 0.5, 1024, 1024)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -319,15 +319,23 @@ def test_timestep_lora_on_every_family_starts_static_and_follows_the_timestep(fa
     assert torch.equal(run_with(case, inputs), static)
 
 
-def test_unsupported_blocks_are_refused_by_name():
-    for family, block in (("Lumina2Transformer2DModel", "Lumina2TransformerBlock"),):
-        with pytest.raises(TypeError, match=f"not {block}"):
-            apply_dynamic_computation(build_tiny(family).model)
+def test_unsupported_blocks_are_refused_by_name(monkeypatch):
+    from diffusers.models.attention import BasicTransformerBlock
+
+    from blockskip.dynamic import blocks
+    from blockskip.estimate.sampling_cost import estimate_dynamic_forward
+
+    with pytest.raises(TypeError, match="support FluxTransformerBlock.*not BasicTransformerBlock"):
+        blocks.block_site(BasicTransformerBlock(dim=32, num_attention_heads=2, attention_head_dim=16))
+    monkeypatch.setattr(blocks, "SUPPORTED_BLOCKS", ("FluxTransformerBlock",))  # as for a preset whose blocks are not described
+    with pytest.raises(ValueError, match="not priced for SD3Transformer2DModel.*JointTransformerBlock"):
+        estimate_dynamic_forward("sd3.5-medium", 0.5, 256, 256)
 
 
 @pytest.mark.parametrize("preset, height, width, frames", [("qwen-image", 512, 512, None), ("chroma", 512, 512, None),
                                                             ("wan2.1-1.3b", 256, 256, 5), ("cogvideox-2b", 480, 720, 9),
-                                                            ("ltx-video", 256, 256, 9), ("sana-600m", 512, 512, None)])
+                                                            ("ltx-video", 256, 256, 9), ("sana-600m", 512, 512, None),
+                                                            ("flux.2-klein-4b", 256, 256, None), ("lumina-image-2.0", 256, 256, None)])
 def test_estimator_prices_the_other_supported_families(preset, height, width, frames):
     from blockskip.estimate.sampling_cost import estimate_dynamic_forward
 
@@ -349,8 +357,9 @@ def test_estimate_command_prices_the_flops_target(capsys):
     assert "estimated" in capsys.readouterr().out
     assert main(["estimate", "--model", "qwen-image", "--dynamic-target", "0.5", "--ralu", "4x"]) != 0
     assert "does not combine" in capsys.readouterr().err
-    assert main(["estimate", "--model", "lumina-image-2.0", "--dynamic-target", "0.5"]) != 0
-    assert "Lumina2TransformerBlock" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["estimate", "--model", "qwen-image", "--dynamic-target", "0"])
+    assert "not a share in (0, 1]" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("family", ["FluxTransformer2DModel", "SD3Transformer2DModel", "WanTransformer3DModel"])
@@ -381,3 +390,21 @@ def test_timestep_routers_read_t_alone_on_the_0_to_1000_scale(family):
     assert torch.equal(run(case), stock)
     with pytest.raises(DynamicSettingsError, match="router_input"):
         DynamicSettings(router_input="prompt")
+
+
+def test_grouped_query_heads_open_and_close_with_their_key_value_head():
+    case = build_tiny("Lumina2Transformer2DModel", num_attention_heads=4, num_kv_heads=2, hidden_size=64)
+    stock = run(case)
+    handle = apply_dynamic_width(case.model)
+    site = next(iter(handle.sites.values()))
+    assert (site.heads, site.head_gates, site.kv_inner) == (4, 2, 32)
+    assert torch.allclose(run(case), stock, atol=1e-5)
+    with torch.no_grad():
+        for routers in handle.routers.values():
+            routers.heads.bias.fill_(-50.0)  # the second key/value head, and so query heads 2 and 3, closed
+    inputs = case.inputs(batch=1)
+    gated = run_with(case, inputs)
+    assert handle.calls[next(iter(handle.calls))].heads.tolist() == [[1.0, 0.0]]
+    handle.hard = True
+    assert torch.allclose(run_with(case, inputs), gated, atol=1e-5)
+    handle.remove()

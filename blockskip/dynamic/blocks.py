@@ -34,8 +34,9 @@ FLUX.2's single blocks are "parallel": one projection makes [q ‖ k ‖ v ‖ M
 and one reads [attention ‖ MLP]; they are gated like FLUX single blocks, and hard mode cuts the
 fused projection's rows per part.
 
-Not supported, and refused by name: Lumina2 (a joint sequence whose text length differs per
-sample, padded at the end, and grouped-query attention).
+Lumina2 gets dynamic width only: its joint sequence puts each sample's image rows after a text
+of its own length, so no one set of rows is the image in a batch. Its attention is grouped-query, so the query heads that share a key/value head
+open and close together, one gate per key/value head.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class _BlockLayout:
     linear_attention: bool = False  # Sana: attention costs N·inner·head_dim, not N²·inner
     conv_mlp: bool = False  # Sana's GLUMBConv: 1×1 conv to paired halves, 3×3 depthwise conv, gate, 1×1 conv
     fused_glu: bool = False  # the input layer makes both GLU halves [value ‖ gate] of the hidden width (Sana, FLUX.2)
+    no_tokens: str | None = None  # why dynamic tokens cannot work in this block (None: they can)
 
 
 def _linear_input(path: str) -> Callable[[nn.Module], int]:
@@ -106,7 +108,13 @@ _LAYOUTS: dict[str, _BlockLayout] = {
     "SanaTransformerBlock": _BlockLayout("double", _modulation_table, attention="attn1", head_outputs=("attn1.to_out.0",),
                                          mlp_up=("ff.conv_inverted", "ff.conv_depth"), mlp_down="ff.conv_point",
                                          joint_attention=False, temb_arg="timestep", linear_attention=True, conv_mlp=True,
-                                         fused_glu=True),
+                                         fused_glu=True, no_tokens="its MLP is a 3×3 depthwise convolution over the image, so a "
+                                                                   "token cannot bypass it alone"),
+    "Lumina2TransformerBlock": _BlockLayout("double", _linear_input("norm1.linear"), head_outputs=("attn.to_out.0",),
+                                            mlp="feed_forward", mlp_up=("feed_forward.linear_1", "feed_forward.linear_3"),
+                                            mlp_down="feed_forward.linear_2",
+                                            no_tokens="its joint sequence puts each sample's image rows after a text of its own "
+                                                      "length, so no one set of rows is the image in a batch"),
     "Flux2TransformerBlock": _BlockLayout("double", _modulation_rows(6), mlp_up=("ff.linear_in",), mlp_down="ff.linear_out",
                                           temb_arg="temb_mod_img", temb_per_token=True, fused_glu=True),
     "Flux2SingleTransformerBlock": _BlockLayout("parallel", lambda block: 3 * block.attn.query_dim, mlp="attn.to_qkv_mlp_proj",
@@ -122,6 +130,8 @@ class BlockSite:
     layout: _BlockLayout  # the block class's description: joint_attention, text_in_mlp, temb_arg, conv_mlp, ...
     heads: int
     head_dim: int
+    head_gates: int  # heads gated together in grouped-query attention open as one: one gate per key/value head
+    kv_inner: int  # width of the key and value projections
     width: int  # model width D
     mlp_width: int
     mlp_matrices: int  # the MLP's weight matrices a token runs through: 2 (GELU, single blocks) or 3 (SwiGLU)
@@ -183,6 +193,9 @@ def block_site(block: nn.Module) -> BlockSite:
     attn = block.get_submodule(layout.attention)
     heads = attn.heads
     head_dim = attn.to_q.out_features // heads if hasattr(attn, "to_q") else attn.head_dim
+    kv_heads = attn.to_k.out_features // head_dim if hasattr(attn, "to_k") else heads
+    if heads % kv_heads:
+        raise TypeError(f"{name} has {heads} query heads for {kv_heads} key/value heads")
     ups, down = [block.get_submodule(path) for path in layout.mlp_up], block.get_submodule(layout.mlp_down)
     if layout.conv_mlp:  # the hidden channels are conv_point's inputs; conv_inverted and conv_depth carry them in two halves
         width, mlp_width, matrices = down.out_channels, down.in_channels, 2 + 1
@@ -200,7 +213,7 @@ def block_site(block: nn.Module) -> BlockSite:
     head_outputs = tuple(path for path in layout.head_outputs if _optional(block, path) is not None) if layout.kind == "double" else ()
     io = block_io_for(block)
     paths = {"head_outputs": head_outputs, "mlp": layout.mlp, "mlp_up": layout.mlp_up, "mlp_down": layout.mlp_down}
-    return BlockSite(block, layout, heads=heads, head_dim=head_dim, width=width, mlp_width=mlp_width, mlp_matrices=matrices,
+    return BlockSite(block, layout, heads=heads, head_dim=head_dim, head_gates=kv_heads, kv_inner=kv_heads * head_dim, width=width, mlp_width=mlp_width, mlp_matrices=matrices,
                      attention=attn, head_outputs=tuple(block.get_submodule(path) for path in head_outputs),
                      mlp_module=block.get_submodule(layout.mlp), mlp_output=down, paths=paths,
                      router_width=layout.router_width(block), image_arg=io.image_arg, text_arg=io.text_arg)
@@ -225,6 +238,6 @@ def block_costs(site: BlockSite, image_tokens: int, text_tokens: int) -> tuple[f
     tokens = image_tokens + text_tokens if site.layout.joint_attention else image_tokens
     inner = site.heads * site.head_dim
     mixing = tokens * site.head_dim if site.layout.linear_attention else tokens * tokens  # per channel: Kᵀ·V and Q·(KᵀV), or QKᵀ and AV
-    attention = 4 * tokens * site.width * inner + 2 * mixing * inner
+    attention = 2 * tokens * site.width * (inner + site.kv_inner) + 2 * mixing * inner  # q and out; k and v
     mlp = site.mlp_matrices * image_tokens * site.width * site.mlp_width
     return float(attention), float(mlp)

@@ -137,8 +137,10 @@ _PROJECTIONS = (("to_q", "norm_q"), ("to_k", "norm_k"), ("to_v", None),
                 ("add_q_proj", "norm_added_q"), ("add_k_proj", "norm_added_k"), ("add_v_proj", None))
 
 
-def head_slices(attn: nn.Module, slices: "SliceCache", channels: torch.Tensor, inner: int, head_dim: int):
-    """(module, attribute, replacement) for an attention module to compute the heads in `channels` only.
+def head_slices(attn: nn.Module, slices: "SliceCache", channels: torch.Tensor, kv_channels: torch.Tensor, inner: int, head_dim: int):
+    """(module, attribute, replacement) for an attention module to compute the heads in `channels`
+    (queries) and `kv_channels` (keys and values: the same heads, or their groups' key/value heads
+    in grouped-query attention) only.
 
     Each projection is sliced to the open heads' rows; one followed by a norm over all heads'
     channels runs in full and the norm is followed by a `SelectChannels` instead. The head count
@@ -149,11 +151,12 @@ def head_slices(attn: nn.Module, slices: "SliceCache", channels: torch.Tensor, i
         layer = getattr(attn, projection, None)
         if layer is None:
             continue
+        channels_here = channels if projection in ("to_q", "add_q_proj") else kv_channels
         norm = getattr(attn, norm_name, None) if norm_name else None
         if norm is not None and _normalized_width(norm) == inner != head_dim:
-            swaps.append((attn, norm_name, SelectChannels(norm, channels)))
+            swaps.append((attn, norm_name, SelectChannels(norm, channels_here)))
         else:
-            swaps.append((attn, projection, slices(layer, rows=channels)))
+            swaps.append((attn, projection, slices(layer, rows=channels_here)))
     count = len(channels) // head_dim
     swaps.append((attn, "heads", count))
     if hasattr(attn, "inner_dim"):

@@ -5,8 +5,8 @@ DyDiT's width routers read the timestep embedding alone, so a mask depends only 
 computed once per sampling step. A diffusers block's `temb` also mixes in guidance and pooled
 text. With `DynamicSettings(router_input="timestep")` the routers instead read fixed sinusoidal
 features of the timestep the model was called with, on the 0–1000 scale every family embeds
-(FLUX.1, FLUX.2, Chroma, QwenImage and AuraFlow take t in [0, 1] and scale it by 1000 inside; so
-do we).
+(FLUX.1, FLUX.2, Chroma, QwenImage, AuraFlow and Lumina2 take t in [0, 1]; FLUX, Chroma, QwenImage
+and AuraFlow scale it by 1000 inside; we scale all of them).
 
     >>> import torch
     >>> timestep_features(torch.tensor([0.0, 500.0]), 8).shape
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 _TIMESTEP_SCALE = {name: 1000.0 for name in ("FluxTransformer2DModel", "Flux2Transformer2DModel", "ChromaTransformer2DModel",
-                                               "QwenImageTransformer2DModel", "AuraFlowTransformer2DModel")}
+                                               "QwenImageTransformer2DModel", "AuraFlowTransformer2DModel", "Lumina2Transformer2DModel")}
 
 
 def timestep_features(timestep: torch.Tensor, width: int, max_period: float = 10000.0) -> torch.Tensor:

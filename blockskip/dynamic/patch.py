@@ -48,7 +48,7 @@ class _Routers(nn.Module):
     def __init__(self, site: BlockSite, temb_dim: int, settings: DynamicSettings, width: bool, tokens: bool):
         super().__init__()
         if width:
-            self.heads = nn.Linear(temb_dim, site.heads - 1)
+            self.heads = nn.Linear(temb_dim, site.head_gates - 1)
             self.groups = nn.Linear(temb_dim, site.groups - 1)
             for router in (self.heads, self.groups):
                 nn.init.xavier_uniform_(router.weight)
@@ -132,7 +132,7 @@ def _gates(logits: torch.Tensor, handle: DynamicHandle, always_open: bool) -> to
     else:
         values = gate(logits.float(), handle.settings.tau, handle.settings.threshold, training=handle.model.training)
     if always_open:  # head 0 / group 0
-        values = torch.cat([torch.ones_like(values[..., :1]), values], dim=-1)
+        values = torch.cat([values.new_ones(*values.shape[:-1], 1), values], dim=-1)  # (also with no optional gates)
     return values
 
 
@@ -176,7 +176,7 @@ def _install_block(handle: DynamicHandle, name: str, site: BlockSite) -> None:
     if site.kind == "double":
         def gate_heads(module, args):
             call = handle.calls[name]
-            return (args[0] * _expand(call.heads, site.heads, inner).to(args[0].dtype), *args[1:]) if call.heads is not None else None
+            return (args[0] * _expand(call.heads, site.head_gates, inner).to(args[0].dtype), *args[1:]) if call.heads is not None else None
 
         def gate_groups(module, args):
             call = handle.calls[name]
@@ -209,7 +209,7 @@ def _install_block(handle: DynamicHandle, name: str, site: BlockSite) -> None:
         hidden = args[0]
         attention, mlp = hidden[..., :inner], hidden[..., inner:]
         if call.heads is not None:
-            attention = attention * _expand(call.heads, site.heads, inner).to(hidden.dtype)
+            attention = attention * _expand(call.heads, site.head_gates, inner).to(hidden.dtype)
             mlp = mlp * _expand(call.groups, site.groups, site.mlp_width).to(hidden.dtype)
         if call.tokens is not None:
             mlp = mlp * site.with_text_rows(call.tokens, call.text_tokens, 1.0).to(hidden.dtype)
@@ -259,12 +259,13 @@ def _swap_in_slices(handle: DynamicHandle, site: BlockSite, call: _Call, routers
         if any(has_hooked_lora(layer) for layer in (*site.mlp_module.modules(), site.mlp_output)):
             raise RuntimeError("hard mode sends only the open tokens of a batch through the MLP, but timestep-LoRA gates on "
                                "MLP layers need each token's sample: gate width only (apply_dynamic_width) or put the LoRA on attention")
-    heads = call.heads.amax(dim=0) > 0 if call.heads is not None else torch.ones(site.heads, dtype=torch.bool)
+    heads = call.heads.amax(dim=0) > 0 if call.heads is not None else torch.ones(site.head_gates, dtype=torch.bool)
     groups = call.groups.amax(dim=0) > 0 if call.groups is not None else torch.ones(site.groups, dtype=torch.bool)
     head_channels = channel_index(heads, inner)
     group_channels = channel_index(groups, site.mlp_width)
     if call.heads is not None:
-        for module, attribute, replacement in head_slices(site.attention, handle.slices, head_channels, inner, site.head_dim):
+        kv_channels = channel_index(heads, site.kv_inner)
+        for module, attribute, replacement in head_slices(site.attention, handle.slices, head_channels, kv_channels, inner, site.head_dim):
             _swap(handle, module, attribute, replacement)
         call.head_channels = head_channels if site.layout.rope_on_heads else None
 
@@ -327,9 +328,8 @@ def apply_dynamic_computation(model: nn.Module, settings: DynamicSettings | None
     parameter = next(model.parameters())
     for name, block in _blocks(model):
         site = block_site(block)
-        if tokens and site.layout.conv_mlp:
-            raise TypeError(f"{type(block).__name__}'s MLP is a 3×3 depthwise convolution over the image, so a token cannot "
-                            "bypass it alone: gate width only (apply_dynamic_width)")
+        if tokens and site.layout.no_tokens:
+            raise TypeError(f"no dynamic tokens in {type(block).__name__}: {site.layout.no_tokens}; gate width only (apply_dynamic_width)")
         handle.sites[name] = site
         router_width = settings.timestep_width if settings.router_input == "timestep" else site.router_width
         handle.routers[name.replace(".", "_")] = _Routers(site, router_width, settings, width, tokens).to(parameter.device)
