@@ -4,9 +4,9 @@
 DyDiT's width routers read the timestep embedding alone, so a mask depends only on t and can be
 computed once per sampling step. A diffusers block's `temb` also mixes in guidance and pooled
 text. With `DynamicSettings(router_input="timestep")` the routers instead read fixed sinusoidal
-features of the timestep the model was called with, on the 0–1000 scale every family embeds
-(FLUX.1, FLUX.2, Chroma, QwenImage, AuraFlow and Lumina2 take t in [0, 1]; FLUX, Chroma, QwenImage
-and AuraFlow scale it by 1000 inside; we scale all of them).
+features of the timestep the model was called with, on one 0–1000 scale: FLUX.1, FLUX.2, Chroma,
+QwenImage, AuraFlow and Lumina2 take t in [0, 1] (all but Lumina2 multiply it by 1000 inside),
+so we multiply theirs by 1000; the other families take it on 0–1000 already.
 
     >>> import torch
     >>> timestep_features(torch.tensor([0.0, 500.0]), 8).shape
