@@ -408,3 +408,37 @@ def test_grouped_query_heads_open_and_close_with_their_key_value_head():
     handle.hard = True
     assert torch.allclose(run_with(case, inputs), gated, atol=1e-5)
     handle.remove()
+
+
+@pytest.mark.parametrize("family", ["FluxTransformer2DModel", "HunyuanVideoTransformer3DModel", "ChromaTransformer2DModel",
+                                    "Flux2Transformer2DModel"])
+def test_dyflux_single_blocks_drop_a_closed_tokens_whole_update(family):
+    from blockskip.families.layouts import block_io_for
+
+    case = build_tiny(family)
+    handle = apply_dynamic_tokens(case.model, DynamicSettings(single_block_tokens="block"))
+    with torch.no_grad():
+        for name, routers in handle.routers.items():
+            routers.tokens[2].bias.fill_(-50.0 if "single" in name else 50.0)  # every image token closed in single blocks
+    single = [site for site in handle.sites.values() if site.kind != "double"]
+    seen = []
+
+    def record(module, args, kwargs, output):  # the image rows going in and coming out of a single block
+        site = next(site for site in single if site.block is module)
+        before = kwargs.get("hidden_states", args[0] if args else None)
+        after = output[block_io_for(module).returns.index("image")] if isinstance(output, tuple) else output
+        if site.text_arg is None:  # the joint sequence, text first
+            before, after = (site.image_rows(rows, handle.model_call.text_tokens) for rows in (before, after))
+        seen.append(torch.allclose(before, after, atol=1e-6))
+
+    hooks = [site.block.register_forward_hook(record, with_kwargs=True) for site in single]
+    inputs = case.inputs(batch=1)
+    gated = run_with(case, inputs)
+    for hook in hooks:
+        hook.remove()
+    assert seen and all(seen)  # image rows leave each single block as they came in: residual only
+    handle.hard = True
+    assert torch.allclose(run_with(case, inputs), gated, atol=1e-5)
+    handle.remove()
+    with pytest.raises(DynamicSettingsError, match="single_block_tokens"):
+        DynamicSettings(single_block_tokens="attention")

@@ -229,15 +229,20 @@ class GatheredMLP(nn.Module):
 
 
 class FusedOutput(nn.Module):
-    """FLUX single blocks' `proj_out` over [attention ‖ MLP] with the MLP part only for open tokens."""
+    """FLUX single blocks' `proj_out` over [attention ‖ MLP] with the MLP part only for open tokens
+    (and, with `whole_update`, the attention part too: closed tokens get zeros)."""
 
-    def __init__(self, attention_part: nn.Module, mlp_part: nn.Module, inner: int, open_rows):
+    def __init__(self, attention_part: nn.Module, mlp_part: nn.Module, inner: int, open_rows, whole_update: bool = False):
         super().__init__()  # mlp_part has no bias: attention_part adds proj_out's once
         self.attention_part, self.mlp_part, self.inner, self.open_rows = attention_part, mlp_part, inner, open_rows
+        self.whole_update = whole_update
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        out = self.attention_part(hidden[..., : self.inner])
         rows = self.open_rows()  # (B, N) bool or None: every token
+        if rows is not None and self.whole_update:
+            return run_on_rows(lambda kept: self.attention_part(kept[..., : self.inner]) + self.mlp_part(kept[..., self.inner :]),
+                               hidden, rows)
+        out = self.attention_part(hidden[..., : self.inner])
         mlp = hidden[..., self.inner :]
         if rows is None:
             return out + self.mlp_part(mlp)

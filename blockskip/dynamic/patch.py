@@ -215,8 +215,16 @@ def _install_block(handle: DynamicHandle, name: str, site: BlockSite) -> None:
             mlp = mlp * site.with_text_rows(call.tokens, call.text_tokens, 1.0).to(hidden.dtype)
         return (torch.cat([attention, mlp], dim=-1), *args[1:])
 
+    def drop_whole_update(module, args, output):  # DyFLUX: a closed image token keeps only its residual
+        call = handle.calls[name]
+        if handle.hard or call.tokens is None:  # hard mode's FusedOutput has left those rows at zero
+            return None
+        return output * site.with_text_rows(call.tokens, call.text_tokens, 1.0).to(output.dtype)
+
     if handle.tokens:
         handle.hooks.append(site.mlp_module.register_forward_pre_hook(route_tokens))
+        if handle.settings.single_block_tokens == "block":
+            handle.hooks.append(site.mlp_output.register_forward_hook(drop_whole_update))
     handle.hooks.append(site.mlp_output.register_forward_pre_hook(gate_fused))
 
 
@@ -304,7 +312,7 @@ def _swap_in_slices(handle: DynamicHandle, site: BlockSite, call: _Call, routers
     device = next(down.parameters()).device  # a PEFT layer has no .weight of its own
     fused = FusedOutput(handle.slices(down, columns=attention_columns.to(device)),
                         handle.slices(down, columns=(inner + group_channels).to(device), bias=False),
-                        len(attention_columns), lambda: call.rows)
+                        len(attention_columns), lambda: call.rows, whole_update=handle.settings.single_block_tokens == "block")
     _swap_path(handle, block, paths["mlp_down"], fused)
 
 

@@ -23,7 +23,9 @@ class DynamicSettings:
     (mean FLOPs ratio − λ)². Routers start open (`width_bias`, `token_bias`: large logits).
     `router_input` is what the width routers read: "temb", the block's conditioning (timestep,
     guidance and pooled text), or "timestep", `timestep_width` sinusoidal features of t alone (as
-    DyDiT; the masks then depend only on t)."""
+    DyDiT; the masks then depend only on t). `single_block_tokens` is what a closed image token
+    drops in single blocks: "mlp", its MLP only, or "block", its whole block update, attention
+    output included (as DyFLUX)."""
 
     target: float = 0.7
     tau: float = 5.0
@@ -36,6 +38,7 @@ class DynamicSettings:
     ramp_steps: int = 5000
     router_input: str = "temb"
     timestep_width: int = 256
+    single_block_tokens: str = "mlp"
 
     def __post_init__(self):
         problems = []
@@ -47,6 +50,8 @@ class DynamicSettings:
             problems.append(f"threshold must lie in (0, 1), got {self.threshold}")
         if self.router_input not in ("temb", "timestep"):
             problems.append(f"router_input must be 'temb' or 'timestep', got {self.router_input!r}")
+        if self.single_block_tokens not in ("mlp", "block"):
+            problems.append(f"single_block_tokens must be 'mlp' or 'block', got {self.single_block_tokens!r}")
         if self.timestep_width < 2 or self.timestep_width % 2:
             problems.append(f"timestep_width must be an even number >= 2, got {self.timestep_width}")
         if self.hold_steps < 0 or self.ramp_steps < 0 or self.token_hidden_ratio < 1:
