@@ -35,8 +35,9 @@ and one reads [attention ‖ MLP]; they are gated like FLUX single blocks, and h
 fused projection's rows per part.
 
 Lumina2 gets dynamic width only: its joint sequence puts each sample's image rows after a text
-of its own length, so no one set of rows is the image in a batch. Its attention is grouped-query, so the query heads that share a key/value head
-open and close together, one gate per key/value head.
+of its own length, so no one set of rows is the image in a batch. Its attention is grouped-query,
+so the query heads that share a key/value head open and close together, one gate per key/value
+head.
 """
 
 from __future__ import annotations
@@ -213,7 +214,8 @@ def block_site(block: nn.Module) -> BlockSite:
     head_outputs = tuple(path for path in layout.head_outputs if _optional(block, path) is not None) if layout.kind == "double" else ()
     io = block_io_for(block)
     paths = {"head_outputs": head_outputs, "mlp": layout.mlp, "mlp_up": layout.mlp_up, "mlp_down": layout.mlp_down}
-    return BlockSite(block, layout, heads=heads, head_dim=head_dim, head_gates=kv_heads, kv_inner=kv_heads * head_dim, width=width, mlp_width=mlp_width, mlp_matrices=matrices,
+    return BlockSite(block, layout, heads=heads, head_dim=head_dim, head_gates=kv_heads, kv_inner=kv_heads * head_dim, width=width,
+                     mlp_width=mlp_width, mlp_matrices=matrices,
                      attention=attn, head_outputs=tuple(block.get_submodule(path) for path in head_outputs),
                      mlp_module=block.get_submodule(layout.mlp), mlp_output=down, paths=paths,
                      router_width=layout.router_width(block), image_arg=io.image_arg, text_arg=io.text_arg)

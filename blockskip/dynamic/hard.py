@@ -137,13 +137,13 @@ _PROJECTIONS = (("to_q", "norm_q"), ("to_k", "norm_k"), ("to_v", None),
                 ("add_q_proj", "norm_added_q"), ("add_k_proj", "norm_added_k"), ("add_v_proj", None))
 
 
-def head_slices(attn: nn.Module, slices: "SliceCache", channels: torch.Tensor, kv_channels: torch.Tensor, inner: int, head_dim: int):
+def head_slices(attn: nn.Module, slices: "SliceCache", channels: torch.Tensor, kv_channels: torch.Tensor, head_dim: int):
     """(module, attribute, replacement) for an attention module to compute the heads in `channels`
     (queries) and `kv_channels` (keys and values: the same heads, or their groups' key/value heads
     in grouped-query attention) only.
 
-    Each projection is sliced to the open heads' rows; one followed by a norm over all heads'
-    channels runs in full and the norm is followed by a `SelectChannels` instead. The head count
+    Each projection is sliced to the open heads' rows; one followed by a norm over more than one
+    head's channels runs in full and the norm is followed by a `SelectChannels` instead. The head count
     (and `inner_dim`, which some processors divide by it) becomes the open heads'.
     """
     swaps = []
@@ -153,7 +153,7 @@ def head_slices(attn: nn.Module, slices: "SliceCache", channels: torch.Tensor, k
             continue
         channels_here = channels if projection in ("to_q", "add_q_proj") else kv_channels
         norm = getattr(attn, norm_name, None) if norm_name else None
-        if norm is not None and _normalized_width(norm) == inner != head_dim:
+        if norm is not None and _normalized_width(norm) not in (None, head_dim):  # spans the heads (Wan, LTX)
             swaps.append((attn, norm_name, SelectChannels(norm, channels_here)))
         else:
             swaps.append((attn, projection, slices(layer, rows=channels_here)))
@@ -253,21 +253,20 @@ class FusedOutput(nn.Module):
 
 
 class ParallelProjection(nn.Module):
-    """FLUX.2 single blocks' `to_qkv_mlp_proj` for the open heads (every row) and the open MLP
-    groups (open rows only, zeros elsewhere): [q ‖ k ‖ v ‖ value ‖ gate]."""
+    """FLUX.2 single blocks' `to_qkv_mlp_proj` as two parts side by side: [q ‖ k ‖ v] of the open
+    heads for every row, then [value ‖ gate] of the open groups (an `OpenRowsMLP`)."""
 
-    def __init__(self, qkv: nn.Module, mlp: nn.Module, rows_for):
+    def __init__(self, qkv: nn.Module, mlp: "OpenRowsMLP"):
         super().__init__()
-        self.qkv, self.mlp, self.rows_for = qkv, mlp, rows_for  # rows_for(hidden) -> (B, N) bool, or None: every row
+        self.qkv, self.mlp = qkv, mlp
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        rows = self.rows_for(hidden)
-        mlp = self.mlp(hidden) if rows is None else run_on_rows(self.mlp, hidden, rows)
-        return torch.cat([self.qkv(hidden), mlp], dim=-1)
+        return torch.cat([self.qkv(hidden), self.mlp(hidden)], dim=-1)
 
 
 class OpenRowsMLP(nn.Module):
-    """FLUX single blocks' `proj_mlp` for the open groups (a sliced layer) and the open rows only."""
+    """A single block's MLP input layer for the open groups (a sliced layer) and the open rows
+    only, zeros elsewhere (FLUX `proj_mlp`, the MLP part of FLUX.2's `to_qkv_mlp_proj`)."""
 
     def __init__(self, layer: nn.Linear, rows_for):
         super().__init__()

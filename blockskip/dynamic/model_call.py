@@ -44,9 +44,8 @@ class ModelCall:
 
 def call_recorder(model: nn.Module, call: ModelCall, *, text: bool, timestep_width: int | None):
     """A forward pre-hook for `model` that fills `call` from its arguments."""
-    signature = inspect.signature(model.forward)
-    scale = _TIMESTEP_SCALE.get(type(model).__name__, 1.0)
-    name = type(model).__name__
+    signature, name = inspect.signature(model.forward), type(model).__name__
+    scale = _TIMESTEP_SCALE.get(name, 1.0)
 
     def record(module, args, kwargs):
         arguments = signature.bind_partial(*args, **kwargs).arguments

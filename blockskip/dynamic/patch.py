@@ -273,7 +273,7 @@ def _swap_in_slices(handle: DynamicHandle, site: BlockSite, call: _Call, routers
     group_channels = channel_index(groups, site.mlp_width)
     if call.heads is not None:
         kv_channels = channel_index(heads, site.kv_inner)
-        for module, attribute, replacement in head_slices(site.attention, handle.slices, head_channels, kv_channels, inner, site.head_dim):
+        for module, attribute, replacement in head_slices(site.attention, handle.slices, head_channels, kv_channels, site.head_dim):
             _swap(handle, module, attribute, replacement)
         call.head_channels = head_channels if site.layout.rope_on_heads else None
 
@@ -290,7 +290,7 @@ def _swap_in_slices(handle: DynamicHandle, site: BlockSite, call: _Call, routers
             for path in paths["head_outputs"]:
                 _swap_path(handle, block, path, handle.slices(block.get_submodule(path), columns=head_channels))
         if call.groups is not None:
-            up_rows = torch.cat([group_channels, site.mlp_width + group_channels]) if site.layout.fused_glu else group_channels  # GLU halves
+            up_rows = _glu_rows(group_channels, site.mlp_width) if site.layout.fused_glu else group_channels
             for path, up in zip(paths["mlp_up"], ups):
                 _swap_path(handle, block, path, handle.slices(up, rows=up_rows))
             _swap_path(handle, block, paths["mlp_down"], handle.slices(down, columns=group_channels))
@@ -301,10 +301,10 @@ def _swap_in_slices(handle: DynamicHandle, site: BlockSite, call: _Call, routers
     attention_columns = head_channels if call.heads is not None else torch.arange(inner)
     if site.kind == "parallel":  # [q ‖ k ‖ v] rows of the open heads for every token, [value ‖ gate] rows of the open groups for open tokens
         qkv_rows = torch.cat([part * inner + attention_columns for part in range(3)])
-        mlp_rows = torch.cat([3 * inner + group_channels, 3 * inner + site.mlp_width + group_channels])
+        mlp_rows = 3 * inner + _glu_rows(group_channels, site.mlp_width)
         device = next(ups[0].parameters()).device
-        projection = ParallelProjection(handle.slices(ups[0], rows=qkv_rows.to(device)), handle.slices(ups[0], rows=mlp_rows.to(device)),
-                                        open_rows)
+        projection = ParallelProjection(handle.slices(ups[0], rows=qkv_rows.to(device)),
+                                        OpenRowsMLP(handle.slices(ups[0], rows=mlp_rows.to(device)), open_rows))
         _swap_path(handle, block, paths["mlp_up"][0], projection)
         _swap(handle, site.attention, "mlp_hidden_dim", len(group_channels))
     else:
@@ -314,6 +314,11 @@ def _swap_in_slices(handle: DynamicHandle, site: BlockSite, call: _Call, routers
                         handle.slices(down, columns=(inner + group_channels).to(device), bias=False),
                         len(attention_columns), lambda: call.rows, whole_update=handle.settings.single_block_tokens == "block")
     _swap_path(handle, block, paths["mlp_down"], fused)
+
+
+def _glu_rows(group_channels: torch.Tensor, mlp_width: int) -> torch.Tensor:
+    """The rows of a fused GLU input layer ([value ‖ gate], each `mlp_width` wide) for these hidden channels."""
+    return torch.cat([group_channels, mlp_width + group_channels])
 
 
 def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
